@@ -1,0 +1,94 @@
+"""Coordinate encodings: Gaussian Fourier features and a multi-resolution hash grid."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+_PRIMES = (1, 2654435761, 805459861)
+_CORNERS = torch.tensor([[(c >> i) & 1 for i in range(3)] for c in range(8)], dtype=torch.int64)
+
+
+class GaussianFourierFeatures(nn.Module):
+    """``[sin(2 pi x B), cos(2 pi x B)]`` with fixed ``B ~ N(0, scale^2)`` (Tancik et al. 2020).
+
+    Coordinates are the normalised frame's (about [-1, 1]).
+    """
+
+    def __init__(self, n_frequencies: int = 256, scale: float = 4.0, seed: int = 0) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.register_buffer("B", torch.randn(3, n_frequencies, generator=gen) * scale)
+        self.out_dim = 2 * n_frequencies
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        proj = (2 * math.pi) * (x @ self.B)
+        return torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
+
+
+class _WeightedLookup(torch.autograd.Function):
+    """``sum_c w[:, c] * table[idx[:, c]]`` whose backward scatters with ``index_add_``."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(idx, w)
+        ctx.table_shape = table.shape
+        return (table[idx] * w.unsqueeze(-1)).sum(dim=1)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        idx, w = ctx.saved_tensors
+        contrib = (w.unsqueeze(-1) * grad_out.unsqueeze(1)).reshape(-1, ctx.table_shape[1])
+        grad_table = torch.zeros(ctx.table_shape, dtype=grad_out.dtype, device=grad_out.device)
+        grad_table.index_add_(0, idx.reshape(-1), contrib)
+        return grad_table, None, None
+
+
+class HashGridEncoding(nn.Module):
+    """Multi-resolution hash-grid encoding (Mueller et al. 2022) in plain PyTorch.
+
+    Cell sizes go geometrically from ``coarsest_mm`` to ``finest_mm`` over the frame's
+    extent ``extent_mm``; a level whose grid fits its table is indexed densely, a finer
+    one through a spatial hash. Each level has its own table of ``n_features`` features.
+    """
+
+    def __init__(self, extent_mm: float, n_levels: int = 8, n_features: int = 2,
+                 log2_table_size: int = 19, coarsest_mm: float = 32.0, finest_mm: float = 2.0,
+                 seed: int = 0) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        cells = np.geomspace(coarsest_mm, finest_mm, n_levels) if n_levels > 1 else np.array([finest_mm])
+        self.resolutions = [max(1, int(math.ceil(extent_mm / c))) for c in cells]
+        self.cell_mm = [float(c) for c in cells]
+        max_size = 2 ** log2_table_size
+        self.dense = [(r + 1) ** 3 <= max_size for r in self.resolutions]
+        self.tables = nn.ParameterList()
+        for r, dense in zip(self.resolutions, self.dense):
+            size = (r + 1) ** 3 if dense else max_size
+            init = (torch.rand(size, n_features, generator=gen) * 2 - 1) * 1e-4
+            self.tables.append(nn.Parameter(init))
+        self.out_dim = n_levels * n_features
+        self.register_buffer("corners", _CORNERS.clone(), persistent=False)
+
+    def _level(self, u: torch.Tensor, level: int) -> torch.Tensor:
+        res = self.resolutions[level]
+        pos = u * res
+        base = torch.clamp(pos.floor(), 0, res - 1)
+        frac = pos - base
+        corner_idx = base.to(torch.int64).unsqueeze(1) + self.corners  # (B, 8, 3)
+        cw = torch.where(self.corners.bool(), frac.unsqueeze(1), 1 - frac.unsqueeze(1)).prod(-1)
+        if self.dense[level]:
+            n = res + 1
+            flat = corner_idx[..., 0] + n * (corner_idx[..., 1] + n * corner_idx[..., 2])
+        else:
+            flat = (corner_idx[..., 0] * _PRIMES[0]) ^ (corner_idx[..., 1] * _PRIMES[1]) \
+                ^ (corner_idx[..., 2] * _PRIMES[2])
+            flat = flat % self.tables[level].shape[0]
+        return _WeightedLookup.apply(self.tables[level], flat, cw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = torch.clamp((x + 1) / 2, 0.0, 1.0)
+        return torch.cat([self._level(u, lv) for lv in range(len(self.resolutions))], dim=-1)
