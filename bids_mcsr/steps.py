@@ -1,0 +1,176 @@
+"""The participant pipeline's steps as file-in, file-out functions.
+
+Each step reads its inputs from disk and writes its outputs to paths it is given, so a
+workflow engine can cache it; none of them knows about nipype.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from bids_mcsr.errors import InputError
+from bids_mcsr.geometry import Grid, check_overlap, make_output_grid
+from bids_mcsr.io import load_stack
+from bids_mcsr.preprocess import itk_transform_text, n4_correct, register_rigid, save_stack
+from bids_mcsr.superres import SRConfig, super_resolve
+
+log = logging.getLogger("bids_mcsr")
+
+
+def bias_correct(in_file: str, contrast: str, out_file: str, threads: int | None = None) -> str:
+    """N4-correct one stack file.
+
+    Parameters
+    ----------
+    in_file : str
+        Input NIfTI.
+    contrast : str
+        Its BIDS suffix.
+    out_file : str
+        Where to write the corrected stack.
+    threads : int, optional
+        ITK threads.
+
+    Returns
+    -------
+    str
+        ``out_file``.
+    """
+    save_stack(n4_correct(load_stack(in_file, contrast), threads), Path(out_file))
+    return out_file
+
+
+def select_reference(in_files: list[str], contrasts: list[str], names: list[str],
+                     reference: str | None = None) -> int:
+    """Index of the stack the others are registered to.
+
+    Parameters
+    ----------
+    in_files : list of str
+        Stack files (headers are read).
+    contrasts : list of str
+        Their contrasts.
+    names : list of str
+        Their original BIDS file names.
+    reference : str, optional
+        A contrast, or part of a file name; default: the finest through-plane spacing.
+
+    Returns
+    -------
+    int
+        Index into ``in_files``.
+
+    Raises
+    ------
+    InputError
+        When ``reference`` matches no stack.
+    """
+    coarsest = [max(nib.load(f).header.get_zooms()[:3]) for f in in_files]
+    candidates = list(range(len(in_files)))
+    if reference:
+        candidates = [i for i in candidates
+                      if contrasts[i] == reference or reference in names[i]]
+        if not candidates:
+            raise InputError(reference, "matches no selected stack",
+                             f"give --reference one of {sorted(set(contrasts))} or part of "
+                             f"a file name among {names}")
+    return min(candidates, key=lambda i: coarsest[i])
+
+
+def register(moving_file: str, reference_file: str, contrast: str, out_file: str,
+             xfm_file: str, threads: int | None = None) -> tuple[str, str]:
+    """Rigidly align a stack file to the reference by rewriting its affine.
+
+    The reference itself gets the identity.
+
+    Parameters
+    ----------
+    moving_file, reference_file : str
+        Stack files.
+    contrast : str
+        Contrast of the moving stack.
+    out_file : str
+        Where the moving stack is written with its new affine (voxels unchanged).
+    xfm_file : str
+        Where the ITK text transform (reference -> moving points, LPS) is written.
+    threads : int, optional
+        ITK threads.
+
+    Returns
+    -------
+    tuple of str
+        ``(out_file, xfm_file)``.
+    """
+    moving = load_stack(moving_file, contrast)
+    if Path(moving_file).resolve() == Path(reference_file).resolve():
+        world, aligned = np.eye(4), moving
+    else:
+        world, aligned = register_rigid(moving, load_stack(reference_file, "reference"), threads)
+    save_stack(aligned, Path(out_file))
+    Path(xfm_file).write_text(itk_transform_text(world))
+    return out_file, xfm_file
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def superresolve(in_files: list[str], contrasts: list[str],
+                 thicknesses: list[float | None], out_dir: str, config: dict,
+                 output_grid: str | None = None,
+                 progress: Callable[[dict], None] | None = None) -> dict:
+    """Fit the INR to registered stack files and write its outputs to ``out_dir``.
+
+    Parameters
+    ----------
+    in_files, contrasts, thicknesses : list
+        Registered stacks, their contrasts and slice thicknesses (mm or None).
+    out_dir : str
+        Receives ``<contrast>.nii.gz`` per contrast, ``mask.nii.gz`` and ``result.json``.
+    config : dict
+        ``SRConfig`` keyword arguments.
+    output_grid : str, optional
+        NIfTI whose grid the outputs are sampled on.
+    progress : callable, optional
+        Per-epoch callback (see ``super_resolve``).
+
+    Returns
+    -------
+    dict
+        ``volumes`` (contrast -> path), ``mask``, ``result`` (path of ``result.json``).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stacks = [load_stack(f, c, t) for f, c, t in zip(in_files, contrasts, thicknesses)]
+    check_overlap(stacks)
+    sr_config = SRConfig(**config)
+    if output_grid:
+        ref = nib.load(output_grid)
+        grid = Grid(tuple(int(n) for n in ref.shape[:3]), np.asarray(ref.affine, float))
+    else:
+        grid = make_output_grid(stacks, sr_config.output_spacing)
+    result = super_resolve(stacks, sr_config, grid=grid, progress=progress)
+    volumes = {}
+    for contrast in result.contrasts:
+        volumes[contrast] = str(out / f"{contrast}.nii.gz")
+        nib.save(result.to_nifti(contrast), volumes[contrast])
+    nib.save(result.mask_nifti(), str(out / "mask.nii.gz"))
+    meta = {"contrasts": result.contrasts, "history": result.history,
+            "stopped_epoch": result.stopped_epoch, "epochs_run": result.epochs_run,
+            "final_mi": result.final_mi, "runtime_s": result.runtime_s,
+            "device": result.device, "settings": result.settings,
+            "spacing": [float(s) for s in result.grid.spacing],
+            "shape": list(result.grid.shape)}
+    (out / "result.json").write_text(json.dumps(meta, indent=2, default=_jsonable))
+    return {"volumes": volumes, "mask": str(out / "mask.nii.gz"),
+            "result": str(out / "result.json")}
