@@ -6,7 +6,7 @@
 # CUDA build: pick the PyTorch wheel index of the CUDA variant you need (any variant that
 # publishes torch 2.13.0; cu126 shown), and run it with `docker run --gpus all` or `apptainer --nv`:
 #   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 \
-#       -t bids-mcsr:0.1.0-cuda .
+#       --build-arg IMAGE_TAG=bids-mcsr:0.1.0-cuda -t bids-mcsr:0.1.0-cuda .
 #
 # Base: Python 3.11 on Debian 12 (bookworm) slim, pinned to a patch release (the tests run on
 # Python 3.11.7).
@@ -14,6 +14,8 @@ FROM python:3.11.7-slim-bookworm
 
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# Recorded as GeneratedBy.Container.Tag in dataset_description.json; set it to the tag you build.
+ARG IMAGE_TAG=bids-mcsr:0.1.0
 
 LABEL org.opencontainers.image.title="bids-mcsr" \
       org.opencontainers.image.description="BIDS-App: multi-contrast MRI super-resolution with implicit neural representations" \
@@ -54,7 +56,9 @@ ENV HOME=/home/bidsapp \
     DENO_DIR=/home/bidsapp/.cache/deno \
     NIPYPE_CONFIG_DIR=/home/bidsapp/.nipype \
     NIPYPE_NO_ET=1 \
-    MPLBACKEND=Agg
+    MPLBACKEND=Agg \
+    BIDS_MCSR_CONTAINER_TYPE=docker \
+    BIDS_MCSR_CONTAINER_TAG="${IMAGE_TAG}"
 # One thread per process by default; the app sets its own thread counts from --nprocs and
 # --omp-nthreads, so nothing oversubscribes the CPUs it was given.
 ENV OMP_NUM_THREADS=1 \

@@ -136,6 +136,10 @@ def test_unprivileged_user_caches_threads_entrypoint():
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                 "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"):
         assert f"{var}=1" in env, var
+    version = _pyproject()["project"]["version"]
+    assert _arg("IMAGE_TAG") == f"bids-mcsr:{version}"
+    assert 'BIDS_MCSR_CONTAINER_TYPE=docker' in env
+    assert 'BIDS_MCSR_CONTAINER_TAG="${IMAGE_TAG}"' in env
     (entry,) = _instructions("ENTRYPOINT")
     assert entry.strip() == '["/usr/local/bin/bids-mcsr"]'
     scripts = _pyproject()["project"]["scripts"]
