@@ -1,0 +1,283 @@
+"""The subject report: figures, the metrics JSON and ``sub-<label>[_ses-<label>].html``.
+
+Layout (``<unit>`` is ``sub-<l>[_ses-<l>]``)::
+
+    <output_dir>/<unit>.html
+    <output_dir>/sub-<l>/figures/<unit>_desc-<what>_<suffix>.png
+    <output_dir>/sub-<l>/[ses-<l>/]qc/<unit>_desc-metrics.json   (next to <unit>_desc-qc.json)
+
+Every file is written to a temporary name and moved into place; the HTML comes last, so
+it never points at a figure that is not there yet.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import nibabel as nib
+import numpy as np
+
+from .about import get_version
+from .derivatives import atomic_path, atomic_write, unit_dir, write_json
+from .geometry import Grid
+from .io import Stack, load_stack
+from .report_figures import focus_point, plot_lr_vs_sr, plot_registration, plot_training
+from .report_html import fmt, figure, page, paragraph, section, table
+from .report_metrics import grid_axis_along, slice_direction, subject_metrics
+from .superres import SRResult
+
+METRICS_SUFFIX = "_desc-metrics.json"
+
+
+def unit_name(subject: str, session: str | None) -> str:
+    """``sub-<l>[_ses-<l>]``."""
+    return f"sub-{subject}" + (f"_ses-{session}" if session else "")
+
+
+def metrics_path(output_dir: Path, subject: str, session: str | None) -> Path:
+    """Where the machine-readable metrics of one subject/session go."""
+    return (unit_dir(Path(output_dir), subject, session) / "qc"
+            / f"{unit_name(subject, session)}{METRICS_SUFFIX}")
+
+
+def peak_memory_gb() -> float:
+    """Peak resident memory (GB) of this process and its finished children (Linux: KiB)."""
+    kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+              resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return kib * (1 if sys.platform != "darwin" else 1 / 1024) / 2**20
+
+
+def flatten(settings: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """Nested settings as ``(dotted.key, value)`` rows; lists and leaves kept as text."""
+    rows: list[tuple[str, object]] = []
+    for key, value in settings.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows += flatten(value, name + ".")
+        else:
+            rows.append((name, value if isinstance(value, (int, float, str)) or value is None
+                         else json.dumps(value)))
+    return rows
+
+
+def _png(fig_dir: Path, unit: str, desc: str, suffix: str) -> Path:
+    return fig_dir / f"{unit}_desc-{desc}_{suffix}.png"
+
+
+def _atomic_figure(draw, path: Path, *args) -> Path:
+    with atomic_path(path) as tmp:
+        draw(*args, tmp)
+    return path
+
+
+def write_figures(output_dir: Path, unit: str, subject: str, stacks: Sequence[Stack],
+                  reference_index: int, result: SRResult) -> dict[str, list[tuple[Path, str]]]:
+    """Draw every figure of one subject; returns ``{section: [(png, caption), ...]}``."""
+    fig_dir = Path(output_dir) / f"sub-{subject}" / "figures"
+    point = focus_point(result.mask)
+    reference = stacks[reference_index]
+    axis = grid_axis_along(result.grid, slice_direction(reference))
+    out: dict[str, list[tuple[Path, str]]] = {"sr": [], "registration": [], "training": []}
+    for contrast in result.contrasts:
+        own = [s for s in stacks if s.contrast == contrast]
+        path = _atomic_figure(plot_lr_vs_sr, _png(fig_dir, unit, "srcompare", contrast), own,
+                              result.volumes[contrast], result.grid, result.mask, point, axis)
+        out["sr"].append((path, f"{contrast}: acquired stack(s), nearest-neighbour on the SR "
+                                f"grid, against the SR output; all planes through voxel {point}"))
+    for i, stack in enumerate(stacks):
+        if i == reference_index:
+            continue
+        path = _atomic_figure(plot_registration, _png(fig_dir, unit, f"coreg{i:02d}",
+                                                      stack.contrast),
+                              reference, stack, result.grid, point)
+        out["registration"].append((path, f"{stack.name} after registration, with the edges "
+                                          f"of the reference {reference.name} in red"))
+    path = _atomic_figure(plot_training, _png(fig_dir, unit, "training", "curves"),
+                          result.history, result.stopped_epoch)
+    out["training"].append((path, "training loss per contrast and MI between the predicted "
+                                  "contrasts; the dashed line marks where training stopped"))
+    return out
+
+
+def build_record(subject: str, session: str | None, stacks: Sequence[Stack],
+                 reference_index: int, result: SRResult, step_times: dict[str, float],
+                 extra: dict) -> dict:
+    """The machine-readable metrics of one fit (the content of ``*_desc-metrics.json``)."""
+    metrics = subject_metrics(stacks, reference_index, result)
+    peak = extra.get("peak_memory_gb")
+    return {"subject": subject, "session": session, "status": "ok",
+            "contrasts": list(result.contrasts), "reference": stacks[reference_index].name,
+            **metrics,
+            "final_mi": result.final_mi, "epochs_run": result.epochs_run,
+            "stopped_epoch": result.stopped_epoch, "runtime_s": result.runtime_s,
+            "device": result.device, "settings": result.settings,
+            "output_grid": {"shape": [int(n) for n in result.grid.shape],
+                            "spacing_mm": [float(s) for s in result.grid.spacing],
+                            "orientation": "".join(nib.aff2axcodes(result.grid.affine))},
+            "step_times_s": {k: float(v) for k, v in step_times.items()},
+            "peak_memory_gb": float(peak) if peak is not None else peak_memory_gb(),
+            "version": get_version(), "python": platform.python_version(),
+            "extra": {k: v for k, v in extra.items() if k != "peak_memory_gb"}}
+
+
+def render_subject(unit: str, record: dict, figures: dict[str, list[tuple[Path, str]]],
+                   output_dir: Path) -> str:
+    """The subject's HTML page from its record and figures (image paths made relative)."""
+    def figs(key: str) -> str:
+        return "".join(figure(p.relative_to(output_dir).as_posix(), c) for p, c in figures[key])
+
+    summary = [("version", record["version"]), ("device", record["device"]),
+               ("output grid", f"{fmt(record['output_grid']['shape'])} voxels of "
+                               f"{fmt(record['output_grid']['spacing_mm'])} mm, "
+                               f"{record['output_grid']['orientation']}"),
+               ("epochs run / stopped at", f"{record['epochs_run']} / {record['stopped_epoch']}"),
+               ("SR runtime (s)", record["runtime_s"]),
+               ("peak memory (GB)", record["peak_memory_gb"])]
+    summary += [(f"step time: {k} (s)", v) for k, v in record["step_times_s"].items()]
+    inputs = [(("* " if i["file"] == record["reference"] else "") + i["file"], i["contrast"],
+               i["shape"], i["voxel_size_mm"], i["orientation"], i["slice_thickness_mm"],
+               i["data_consistency"]["psnr_db"], i["data_consistency"]["ssim"])
+              for i in record["inputs"]]
+    quality = [(c, m["dc_psnr_db"], m["dc_ssim"], m["sharpness_ratio"], m["gradient_per_axis"])
+               for c, m in record["per_contrast"].items()]
+    mi_rows = [(pair, value) for pair, value in record["mi_between_sr"].items()]
+    converged = record["mi_converged"]
+    mi_text = ("single contrast: no MI" if converged is None else
+               f"training MI {fmt(record['final_mi_training'])} nats, changed by "
+               f"{fmt(record['mi_change_last_epochs'])} over the last "
+               f"{record['mi_change_epochs']} epochs: "
+               + ("converged" if converged else "NOT converged (more epochs may help)"))
+    body = "".join([
+        section("Summary", table(["item", "value"], summary)),
+        section("Inputs", table(["file (* = reference)", "contrast", "shape", "voxel size (mm)",
+                                 "orientation", "slice thickness (mm)", "DC PSNR (dB)",
+                                 "DC SSIM"], inputs)
+                + paragraph("DC (data consistency): each acquired stack re-simulated from the "
+                            "SR volume with its own geometry and slice profile, compared with "
+                            "the acquired voxels inside the stack's foreground.")),
+        section("Quality without ground truth",
+                table(["contrast", "DC PSNR (dB)", "DC SSIM", "sharpness ratio",
+                       "mean |gradient| per grid axis (1/mm)"], quality)
+                + paragraph("Sharpness ratio: mean gradient along the reference's slice axis "
+                            "over the in-plane mean, inside the mask; about 1 for an isotropic "
+                            "result, well below 1 when thick-slice blur remains.")
+                + table(["SR contrasts", "MI on the SR volumes (nats)"], mi_rows)
+                + paragraph(mi_text, "ok" if converged in (True, None) else "flag")),
+        section("Acquired vs super-resolved", figs("sr")),
+        section("Registration", figs("registration") or
+                paragraph("one stack only: nothing was registered")),
+        section("Training", figs("training")),
+        section("Settings", table(["setting", "value"],
+                                  flatten(record["settings"]) + flatten(record["extra"]))),
+    ])
+    return page(f"bids-mcsr report: {unit}", body)
+
+
+def write_subject_report(output_dir: Path, subject: str, session: str | None,
+                         stacks: Sequence[Stack], reference_index: int, result: SRResult,
+                         step_times: dict[str, float], extra: dict | None = None) -> Path:
+    """Write one subject/session's figures, metrics JSON and HTML report.
+
+    Parameters
+    ----------
+    output_dir : Path
+        Output dataset root.
+    subject, session : str
+        Labels without prefixes (session may be None).
+    stacks : sequence of Stack
+        The registered stacks the fit used.
+    reference_index : int
+        Index of the reference stack in ``stacks``.
+    result : SRResult
+        The fit (see :func:`load_sr_result` to rebuild it from the step's files).
+    step_times : dict
+        Step name -> wall seconds, shown in the summary.
+    extra : dict, optional
+        Run settings worth recording (e.g. CLI options); a ``peak_memory_gb`` key replaces
+        the peak measured in this process.
+
+    Returns
+    -------
+    Path
+        The HTML report, ``<output_dir>/<unit>.html``.
+    """
+    output_dir = Path(output_dir)
+    unit = unit_name(subject, session)
+    figures = write_figures(output_dir, unit, subject, stacks, reference_index, result)
+    record = build_record(subject, session, stacks, reference_index, result, step_times,
+                          dict(extra or {}))
+    record["report"] = f"{unit}.html"
+    write_json(metrics_path(output_dir, subject, session), record)
+    return atomic_write(output_dir / f"{unit}.html",
+                        render_subject(unit, record, figures, output_dir))
+
+
+def load_sr_result(sr_outputs: dict) -> SRResult:
+    """Rebuild an SRResult from the files of ``bids_mcsr.steps.superresolve``.
+
+    Parameters
+    ----------
+    sr_outputs : dict
+        ``volumes`` (contrast -> NIfTI path), ``mask`` and ``result`` (``result.json``).
+
+    Returns
+    -------
+    SRResult
+        Volumes, mask and grid read back from disk, the rest from ``result.json``.
+    """
+    meta = json.loads(Path(sr_outputs["result"]).read_text())
+    mask_img = nib.load(sr_outputs["mask"])
+    grid = Grid(tuple(int(n) for n in mask_img.shape[:3]), np.asarray(mask_img.affine, float))
+    volumes = {c: np.asarray(nib.load(sr_outputs["volumes"][c]).dataobj, np.float32)
+               for c in meta["contrasts"]}
+    return SRResult(contrasts=meta["contrasts"], volumes=volumes, grid=grid,
+                    mask=np.asarray(mask_img.dataobj, np.uint8), history=meta["history"],
+                    stopped_epoch=meta["stopped_epoch"], epochs_run=meta["epochs_run"],
+                    final_mi=meta["final_mi"], runtime_s=meta["runtime_s"],
+                    device=meta["device"], settings=meta["settings"])
+
+
+def write_subject_report_from_files(output_dir: str, subject: str, session: str | None,
+                                    stack_files: list[str], contrasts: list[str],
+                                    thicknesses: list[float | None], reference_index: int,
+                                    sr_outputs: dict, step_times: dict[str, float],
+                                    extra: dict | None = None,
+                                    source_files: list[str] | None = None) -> str:
+    """:func:`write_subject_report` on files, for a workflow node.
+
+    Parameters
+    ----------
+    output_dir : str
+        Output dataset root.
+    subject, session : str
+        Labels without prefixes (session may be None).
+    stack_files, contrasts, thicknesses : list
+        The registered stacks given to ``steps.superresolve`` (same order).
+    reference_index : int
+        Index of the reference in ``stack_files``.
+    sr_outputs : dict
+        The return value of ``steps.superresolve``.
+    step_times : dict
+        Step name -> wall seconds.
+    extra : dict, optional
+        See :func:`write_subject_report`.
+    source_files : list of str, optional
+        The original BIDS files of the stacks, named in the report instead of the
+        registered copies.
+
+    Returns
+    -------
+    str
+        Path of the HTML report.
+    """
+    stacks = [load_stack(f, c, t) for f, c, t in zip(stack_files, contrasts, thicknesses)]
+    for stack, source in zip(stacks, source_files or []):
+        stack.path = str(source)
+    return str(write_subject_report(Path(output_dir), subject, session, stacks,
+                                    reference_index, load_sr_result(sr_outputs), step_times,
+                                    extra))

@@ -1,0 +1,192 @@
+"""Quality metrics that need no ground truth, for the subject report and the group level.
+
+* Data consistency: each acquired stack re-simulated from the SR volume (same geometry,
+  same slice profile) against the acquired voxels, inside the stack's own foreground.
+* Convergence: the MI between SR contrasts at the end of training, and how much it still
+  moved over the last epochs.
+* Sharpness: mean absolute intensity gradient (per mm) along the reference's slice axis
+  against the in-plane axes; an isotropic result gives a ratio near 1, a result that kept
+  the thick slices' blur gives clearly less.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from typing import Sequence
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from .geometry import Grid
+from .intensity import foreground_mask
+from .io import Stack
+from .metrics import mutual_information, psnr, ssim
+from .mi_stopping import mi_plateaued
+from .slice_profile import resimulate_stack
+from .superres import SRResult
+
+CONVERGENCE_EPOCHS = 5
+DEFAULT_MI_WINDOW = 4
+DEFAULT_MI_TOLERANCE = 2e-3
+
+
+def data_consistency(volume: np.ndarray, grid: Grid, stack: Stack,
+                     profile: str = "gaussian") -> dict:
+    """PSNR and SSIM of an acquired stack against its re-simulation from an SR volume.
+
+    Parameters
+    ----------
+    volume : ndarray
+        SR volume of the stack's contrast, on ``grid``, in the stack's intensity scale.
+    grid : Grid
+        The SR output grid.
+    stack : Stack
+        An acquired (registered) stack.
+    profile : str
+        Slice profile used for the fit (``gaussian``, ``boxcar``, ``none``).
+
+    Returns
+    -------
+    dict
+        ``psnr_db``, ``ssim`` (inside the stack's foreground, on the acquired intensity
+        range) and ``mask_voxels``.
+    """
+    predicted = resimulate_stack(volume, grid, stack, profile)
+    mask = foreground_mask(stack.data)
+    return {"psnr_db": psnr(predicted, stack.data, mask), "ssim": ssim(predicted, stack.data, mask),
+            "mask_voxels": int(mask.sum())}
+
+
+def grid_axis_along(grid: Grid, direction: np.ndarray) -> int:
+    """The voxel axis of ``grid`` most parallel to a world direction."""
+    cols = grid.affine[:3, :3] / grid.spacing
+    return int(np.argmax(np.abs(cols.T @ (direction / np.linalg.norm(direction)))))
+
+
+def slice_direction(stack: Stack) -> np.ndarray:
+    """Unit world vector along a stack's slice (through-plane) axis."""
+    col = stack.affine[:3, stack.through_plane_axis]
+    return col / np.linalg.norm(col)
+
+
+def sharpness(volume: np.ndarray, mask: np.ndarray, spacing: Sequence[float],
+              through_axis: int) -> dict:
+    """Mean absolute gradient per axis inside ``mask`` and the through/in-plane ratio.
+
+    Parameters
+    ----------
+    volume : ndarray
+        A 3D image.
+    mask : ndarray
+        Where to average (eroded by one voxel so the mask edge does not count).
+    spacing : sequence of float
+        Voxel sizes in mm, to express gradients per mm.
+    through_axis : int
+        Voxel axis of the reference's slice direction.
+
+    Returns
+    -------
+    dict
+        ``gradient_per_axis`` (3 floats, intensity/mm), ``through_plane_axis`` and
+        ``sharpness_ratio`` = through-plane gradient / mean in-plane gradient.
+    """
+    data = np.asarray(volume, np.float64)
+    inner = ndimage.binary_erosion(np.asarray(mask, bool))
+    if not inner.any():
+        inner = np.asarray(mask, bool)
+    grads = [float(np.abs(np.gradient(data, axis=a))[inner].mean() / spacing[a]) for a in range(3)]
+    in_plane = np.mean([g for a, g in enumerate(grads) if a != through_axis])
+    ratio = float(grads[through_axis] / in_plane) if in_plane > 0 else float("nan")
+    return {"gradient_per_axis": grads, "through_plane_axis": int(through_axis),
+            "sharpness_ratio": ratio}
+
+
+def mi_convergence(history: dict, settings: dict | None = None,
+                   last: int = CONVERGENCE_EPOCHS) -> dict:
+    """Whether the training MI between contrasts had settled when training ended.
+
+    Parameters
+    ----------
+    history : dict
+        ``SRResult.history``.
+    settings : dict, optional
+        ``SRResult.settings``; its ``mi_stopping`` window and tolerance are used.
+    last : int
+        Epochs over which the change is reported.
+
+    Returns
+    -------
+    dict
+        ``final_mi_training`` (nats), ``mi_change_last_epochs`` (last minus the value
+        ``last`` epochs earlier), ``mi_change_epochs``, ``mi_converged`` (True/False, or
+        None with a single contrast).
+    """
+    values = [m for m in history.get("mi", []) if m is not None]
+    if not values:
+        return {"final_mi_training": None, "mi_change_last_epochs": None,
+                "mi_change_epochs": 0, "mi_converged": None}
+    rule = (settings or {}).get("mi_stopping", {})
+    window = int(rule.get("window", DEFAULT_MI_WINDOW))
+    tolerance = float(rule.get("tolerance_nats", DEFAULT_MI_TOLERANCE))
+    span = min(last, len(values) - 1)
+    return {"final_mi_training": float(values[-1]),
+            "mi_change_last_epochs": float(values[-1] - values[-1 - span]),
+            "mi_change_epochs": span,
+            "mi_converged": mi_plateaued(values, window, tolerance)}
+
+
+def sr_mutual_information(volumes: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, float]:
+    """MI (nats) between every pair of SR contrasts inside ``mask``, keyed ``"A-B"``."""
+    inside = np.asarray(mask, bool)
+    return {f"{a}-{b}": mutual_information(volumes[a][inside], volumes[b][inside])
+            for a, b in combinations(volumes, 2)}
+
+
+def input_summary(stack: Stack) -> dict:
+    """File, shape, voxel size, orientation and slice thickness of one stack."""
+    return {"file": stack.name, "contrast": stack.contrast,
+            "shape": [int(n) for n in stack.data.shape],
+            "voxel_size_mm": [round(float(v), 4) for v in stack.voxel_sizes],
+            "orientation": "".join(nib.aff2axcodes(stack.affine)),
+            "slice_thickness_mm": round(stack.thickness, 4),
+            "through_plane_axis": stack.through_plane_axis}
+
+
+def subject_metrics(stacks: Sequence[Stack], reference_index: int, result: SRResult) -> dict:
+    """Every no-ground-truth metric of one fit.
+
+    Parameters
+    ----------
+    stacks : sequence of Stack
+        The registered stacks the fit used.
+    reference_index : int
+        Index of the reference stack in ``stacks``.
+    result : SRResult
+        The fit.
+
+    Returns
+    -------
+    dict
+        ``inputs`` (one summary per stack, with its data consistency), ``per_contrast``
+        (mean data consistency over the contrast's stacks, SR sharpness), ``mi_between_sr``,
+        and the convergence entries of :func:`mi_convergence`.
+    """
+    profile = result.settings.get("slice_profile", "gaussian")
+    inputs = []
+    for stack in stacks:
+        summary = input_summary(stack)
+        summary["data_consistency"] = data_consistency(result.volumes[stack.contrast],
+                                                       result.grid, stack, profile)
+        inputs.append(summary)
+    axis = grid_axis_along(result.grid, slice_direction(stacks[reference_index]))
+    per_contrast = {}
+    for contrast in result.contrasts:
+        dcs = [i["data_consistency"] for i in inputs if i["contrast"] == contrast]
+        per_contrast[contrast] = {
+            "dc_psnr_db": float(np.mean([d["psnr_db"] for d in dcs])),
+            "dc_ssim": float(np.mean([d["ssim"] for d in dcs])),
+            **sharpness(result.volumes[contrast], result.mask, result.grid.spacing, axis)}
+    return {"inputs": inputs, "per_contrast": per_contrast,
+            "mi_between_sr": sr_mutual_information(result.volumes, result.mask),
+            **mi_convergence(result.history, result.settings)}
