@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -127,8 +126,7 @@ def _jsonable(value):
 
 def superresolve(in_files: list[str], contrasts: list[str],
                  thicknesses: list[float | None], out_dir: str, config: dict,
-                 output_grid: str | None = None,
-                 progress: Callable[[dict], None] | None = None) -> dict:
+                 output_grid: str | None = None) -> dict:
     """Fit the INR to registered stack files and write its outputs to ``out_dir``.
 
     Parameters
@@ -141,8 +139,6 @@ def superresolve(in_files: list[str], contrasts: list[str],
         ``SRConfig`` keyword arguments.
     output_grid : str, optional
         NIfTI whose grid the outputs are sampled on.
-    progress : callable, optional
-        Per-epoch callback (see ``super_resolve``).
 
     Returns
     -------
@@ -159,7 +155,7 @@ def superresolve(in_files: list[str], contrasts: list[str],
         grid = Grid(tuple(int(n) for n in ref.shape[:3]), np.asarray(ref.affine, float))
     else:
         grid = make_output_grid(stacks, sr_config.output_spacing)
-    result = super_resolve(stacks, sr_config, grid=grid, progress=progress)
+    result = super_resolve(stacks, sr_config, grid=grid)
     volumes = {}
     for contrast in result.contrasts:
         volumes[contrast] = str(out / f"{contrast}.nii.gz")

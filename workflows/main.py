@@ -1,0 +1,245 @@
+"""``bids-mcsr`` entry point: parse, validate, discover, run each subject, write derivatives.
+
+Exit status: 0 success, 1 a processing failure (each named ``sub-XX: <step>: <message>``),
+2 a usage error.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import shutil
+import sys
+import time
+import uuid
+from argparse import Namespace
+from pathlib import Path
+
+from bids_mcsr.bids import Discovery, SubjectSession, discover, open_layout
+from bids_mcsr.citation import methods_text
+from bids_mcsr.derivatives import (
+    atomic_write,
+    init_output_dataset,
+    publish,
+    stage_unit,
+    staging_dir,
+    write_failure,
+    write_json,
+)
+from bids_mcsr.errors import InputError
+from bids_mcsr.parser import parse_args, stamp_work_dir
+from bids_mcsr.validator import find_validator, subset_view, validate
+
+log = logging.getLogger("bids_mcsr")
+
+
+class StepFailure(Exception):
+    """A subject/session failed in a named step."""
+
+    def __init__(self, step: str, message: str) -> None:
+        self.step, self.message = step, message
+        super().__init__(f"{step}: {message}")
+
+
+def _setup_logging(logs_dir: Path, run_id: str, verbose: int) -> Path:
+    """Log to stderr and to ``logs/bids-mcsr_<run_id>.log``; quieten nipype."""
+    from nipype import config as nipype_config
+    from nipype import logging as nipype_logging
+
+    level = logging.DEBUG if verbose > 1 else logging.INFO
+    logfile = logs_dir / f"bids-mcsr_{run_id}.log"
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    root = logging.getLogger("bids_mcsr")
+    root.handlers.clear()
+    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(logfile)):
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+    nipype_level = "INFO" if verbose else "WARNING"
+    for key in ("workflow_level", "interface_level", "utils_level"):
+        nipype_config.set("logging", key, nipype_level)
+    nipype_logging.update_logging(nipype_config)
+    return logfile
+
+
+def _run_group(output_dir: Path) -> int:
+    """Run the group level when ``bids_mcsr.group`` exists."""
+    if importlib.util.find_spec("bids_mcsr.group") is None:
+        print("bids-mcsr: the group level is not available in this version; "
+              "run the participant level only", file=sys.stderr)
+        return 1
+    from bids_mcsr.group import run_group
+
+    return int(run_group(output_dir))
+
+
+def _validate_input(opts: Namespace, subjects: list[str]) -> bool:
+    """Run the BIDS validator on the selected subjects; False when it reports errors."""
+    if find_validator() is None:
+        log.warning("bids-validator-deno is not installed; input validation skipped "
+                    "(pip install bids-validator-deno)")
+        return True
+    view = subset_view(opts.bids_dir, subjects, opts.work_dir / "validation_view")
+    report = validate(view)
+    for line in report.warnings[:20]:
+        log.debug("validator warning: %s", line)
+    if report.errors:
+        for line in report.errors[:20]:
+            log.error("validator: %s", line)
+        log.error("bids_dir %s is not valid BIDS (%d errors); fix them or rerun with "
+                  "--skip-bids-validation", opts.bids_dir, len(report.errors))
+        return False
+    log.info("BIDS validation: no errors (%d warnings)", len(report.warnings))
+    return True
+
+
+def _sr_config(opts: Namespace) -> dict:
+    return {"model": opts.model, "slice_profile": opts.slice_profile, "epochs": opts.epochs,
+            "seed": opts.seed, "device": opts.device, "threads": opts.omp_nthreads,
+            "mem_gb": opts.mem_gb, "output_spacing": opts.output_resolution}
+
+
+def _run_options(opts: Namespace) -> dict:
+    """Settings recorded in logs, sidecars and the methods text."""
+    return {key: (str(value) if isinstance(value, Path) else value)
+            for key, value in vars(opts).items()}
+
+
+def _crash_reason(crash_dir: Path, fallback: Exception) -> StepFailure:
+    """Turn the newest nipype crash file into ``StepFailure(step, last error line)``."""
+    from workflows.participant import STEP_NAMES
+
+    crashes = sorted(crash_dir.glob("crash-*.txt"), key=lambda p: p.stat().st_mtime)
+    if not crashes:
+        return StepFailure("workflow", str(fallback).splitlines()[0])
+    text = crashes[-1].read_text()
+    node = next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                 if line.startswith("Node:")), "")
+    step = STEP_NAMES.get(node.split(".")[-1], node or "workflow")
+    errors = [line.strip() for line in text.splitlines()
+              if line.strip() and not line.startswith((" ", "\t"))
+              and ("Error" in line.split(":", 1)[0] or "Exception" in line.split(":", 1)[0])]
+    message = errors[-1].split(":", 1)[1].strip() if errors else text.strip().splitlines()[-1]
+    return StepFailure(step, message)
+
+
+def _run_workflow(unit: SubjectSession, opts: Namespace) -> dict:
+    """Build and run one unit's workflow; return what the derivatives are made from."""
+    from workflows.participant import init_participant_wf, workflow_name
+
+    wf = init_participant_wf(unit, _sr_config(opts), bias_correction=opts.bias_correction,
+                             registration=opts.registration, reference=opts.reference,
+                             output_grid=opts.output_grid, omp_nthreads=opts.omp_nthreads,
+                             mem_gb=opts.mem_gb)
+    wf.base_dir = str(opts.work_dir / "nipype")
+    crash_dir = opts.work_dir / "crash" / workflow_name(unit)
+    shutil.rmtree(crash_dir, ignore_errors=True)
+    wf.config["execution"] = {"crashdump_dir": str(crash_dir), "crashfile_format": "txt",
+                              "stop_on_first_crash": True, "remove_unnecessary_outputs": False}
+    plugin, args = "Linear", {}
+    if opts.nprocs > 1:
+        plugin = "MultiProc"
+        args = {"n_procs": opts.nprocs, "raise_insufficient": False}
+        if opts.mem_gb:
+            args["memory_gb"] = opts.mem_gb
+    try:
+        graph = wf.run(plugin=plugin, plugin_args=args)
+    except Exception as err:  # nipype reports any node failure as RuntimeError
+        raise _crash_reason(crash_dir, err) from err
+    # nipype drops IdentityInterface nodes from the executed graph: read the producers.
+    nodes = {node.name: node.result.outputs for node in graph.nodes()}
+    return {"volumes": nodes["superres"].volumes, "mask": nodes["superres"].mask,
+            "result": nodes["superres"].result, "xfm_files": nodes["register"].xfm_file,
+            "reference_index": nodes["select_reference"].index}
+
+
+def _process(unit: SubjectSession, opts: Namespace) -> None:
+    """Run one unit and publish its derivatives, or raise ``StepFailure``."""
+    outputs = _run_workflow(unit, opts)
+    staging = staging_dir(opts.output_dir, unit.name)
+    try:
+        result = json.loads(Path(outputs["result"]).read_text())
+        labels = unit.labels()
+        xfms = outputs["xfm_files"]
+        stage_unit(staging, unit, {"volumes": outputs["volumes"], "mask": outputs["mask"]},
+                   result, dict(zip(labels, xfms if isinstance(xfms, list) else [xfms])),
+                   labels[outputs["reference_index"]], _run_options(opts))
+        publish(staging, opts.output_dir)
+    except Exception as err:
+        raise StepFailure("derivatives", f"{type(err).__name__}: {err}") from err
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _discover(opts: Namespace) -> Discovery:
+    layout = open_layout(opts.bids_dir, opts.work_dir / "bids_db")
+    return discover(layout, opts.participant_label, opts.session_label, opts.contrasts,
+                    opts.filters)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run bids-mcsr.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Command-line arguments without the program name; default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        0 success, 1 a processing failure, 2 a usage error.
+    """
+    try:
+        opts = parse_args(argv)
+    except SystemExit as stop:
+        return int(stop.code or 0)
+    if opts.analysis_level == "group":
+        return _run_group(opts.output_dir)
+
+    run_id = time.strftime("%Y%m%d-%H%M%S") + "_" + uuid.uuid4().hex[:6]
+    stamp_work_dir(opts.work_dir)
+    init_output_dataset(opts.output_dir, opts.bids_dir)
+    logs = opts.output_dir / "logs"
+    _setup_logging(logs, run_id, opts.verbose)
+    write_json(logs / f"config_{run_id}.json", _run_options(opts))
+    atomic_write(logs / "CITATION.md", methods_text(_run_options(opts)))
+
+    try:
+        found = _discover(opts)
+    except InputError as err:
+        print(f"bids-mcsr: error: {err}", file=sys.stderr)
+        return 2
+    for message in found.skipped:
+        log.warning("skipped %s", message)
+    if not found.units:
+        log.error("no subject/session has two or more usable contrasts; nothing to do")
+        return 1
+    subjects = sorted({unit.subject for unit in found.units})
+    if not opts.skip_bids_validation and not _validate_input(opts, subjects):
+        return 1
+
+    failed = 0
+    for done, unit in enumerate(found.units, start=1):
+        log.info("%s: starting (%d runs: %s)", unit.name, len(unit.runs),
+                 ", ".join(unit.labels()))
+        try:
+            _process(unit, opts)
+        except StepFailure as err:
+            failed += 1
+            write_failure(opts.output_dir, unit, str(err))
+            log.error("%s: %s: %s", unit.name, err.step, err.message)
+            if opts.stop_on_first_crash:
+                break
+            continue
+        log.info("%s: done (%d/%d subjects/sessions)", unit.name, done, len(found.units))
+    if failed:
+        log.error("%d of %d subjects/sessions failed; see %s", failed, len(found.units), logs)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

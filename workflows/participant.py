@@ -1,0 +1,123 @@
+"""Participant-level workflow: N4 -> rigid registration -> INR super-resolution -> QC."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nipype.interfaces.utility import IdentityInterface
+from nipype.pipeline import engine as pe
+
+from bids_mcsr.bids import SubjectSession
+from workflows.interfaces import (
+    BiasCorrect,
+    IdentityTransform,
+    RigidRegister,
+    SelectReference,
+    SuperResolve,
+    TrainingQC,
+)
+
+STEP_NAMES = {
+    "n4": "bias correction",
+    "select_reference": "reference selection",
+    "register": "registration",
+    "superres": "super-resolution",
+    "qc": "QC",
+}
+
+
+def workflow_name(unit: SubjectSession) -> str:
+    """nipype-safe workflow name of a subject/session (``sub_01_ses_02_wf``)."""
+    return unit.name.replace("-", "_") + "_wf"
+
+
+def init_participant_wf(unit: SubjectSession, sr_config: dict, *,
+                        bias_correction: str = "n4", registration: str = "rigid",
+                        reference: str | None = None, output_grid: Path | None = None,
+                        omp_nthreads: int = 1, mem_gb: float | None = None,
+                        name: str | None = None) -> pe.Workflow:
+    """Build the workflow that super-resolves one subject/session.
+
+    Parameters
+    ----------
+    unit : SubjectSession
+        Runs to fit together; they fill the inputnode.
+    sr_config : dict
+        ``SRConfig`` keyword arguments.
+    bias_correction : {"n4", "none"}
+        N4 each stack first, or not.
+    registration : {"rigid", "none"}
+        Align every stack to the reference by rewriting its affine, or trust the headers.
+    reference : str, optional
+        Contrast or file-name part of the reference stack; default the finest through-plane.
+    output_grid : Path, optional
+        Image whose grid the outputs are written on.
+    omp_nthreads : int
+        Threads of each ANTs/PyTorch process.
+    mem_gb : float, optional
+        Memory the super-resolution node may use.
+    name : str, optional
+        Workflow name; default from the unit.
+
+    Returns
+    -------
+    nipype.pipeline.engine.Workflow
+        With nodes ``inputnode`` (``in_files``, ``contrasts``, ``thicknesses``, ``names``)
+        and ``outputnode`` (``volumes``, ``mask``, ``result``, ``xfm_files``,
+        ``reference_index``, ``curves``, ``metrics``).
+    """
+    wf = pe.Workflow(name=name or workflow_name(unit))
+    inputnode = pe.Node(IdentityInterface(fields=["in_files", "contrasts", "thicknesses",
+                                                  "names"]), name="inputnode")
+    inputnode.inputs.in_files = [run.path for run in unit.runs]
+    inputnode.inputs.contrasts = [run.contrast for run in unit.runs]
+    inputnode.inputs.thicknesses = [run.slice_thickness for run in unit.runs]
+    inputnode.inputs.names = [Path(run.path).name for run in unit.runs]
+    outputnode = pe.Node(IdentityInterface(fields=["volumes", "mask", "result", "xfm_files",
+                                                   "reference_index", "curves", "metrics"]),
+                         name="outputnode")
+
+    connections = []
+    stacks_source, stacks_field = inputnode, "in_files"
+    if bias_correction == "n4":
+        n4 = pe.MapNode(BiasCorrect(threads=omp_nthreads), iterfield=["in_file", "contrast"],
+                        name="n4", n_procs=omp_nthreads)
+        connections.append((inputnode, n4, [("in_files", "in_file"), ("contrasts", "contrast")]))
+        stacks_source, stacks_field = n4, "out_file"
+
+    select_reference = pe.Node(SelectReference(reference=reference), name="select_reference")
+    if registration == "rigid":
+        register = pe.MapNode(RigidRegister(threads=omp_nthreads),
+                              iterfield=["moving_file", "contrast"], name="register",
+                              n_procs=omp_nthreads)
+        connections += [
+            (stacks_source, register, [(stacks_field, "moving_file")]),
+            (inputnode, register, [("contrasts", "contrast")]),
+            (select_reference, register, [("reference_file", "reference_file")]),
+        ]
+    else:
+        register = pe.MapNode(IdentityTransform(), iterfield=["in_file"], name="register")
+        connections.append((stacks_source, register, [(stacks_field, "in_file")]))
+
+    superres = pe.Node(SuperResolve(config=sr_config), name="superres",
+                       n_procs=omp_nthreads, mem_gb=mem_gb or 2.0)
+    if output_grid is not None:
+        superres.inputs.output_grid = str(output_grid)
+    # runs in the main process so that its per-epoch progress reaches the run's log
+    superres.run_without_submitting = True
+    qc = pe.Node(TrainingQC(), name="qc")
+
+    connections += [
+        (stacks_source, select_reference, [(stacks_field, "in_files")]),
+        (inputnode, select_reference, [("contrasts", "contrasts"), ("names", "names")]),
+        (register, superres, [("out_file", "in_files")]),
+        (inputnode, superres, [("contrasts", "contrasts"), ("thicknesses", "thicknesses")]),
+        (superres, qc, [("result", "result")]),
+        (register, outputnode, [("xfm_file", "xfm_files")]),
+        (select_reference, outputnode, [("index", "reference_index")]),
+        (superres, outputnode, [("volumes", "volumes"), ("mask", "mask"),
+                                ("result", "result")]),
+        (qc, outputnode, [("curves", "curves"), ("metrics", "metrics")]),
+    ]
+    wf.connect(connections)
+    return wf
