@@ -1,0 +1,159 @@
+"""Derivative names, sidecars, dataset-level files, atomic writes, QC tables."""
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bids_mcsr.bids import Run, SubjectSession
+from bids_mcsr.derivatives import (
+    BIDSIGNORE,
+    atomic_path,
+    atomic_write,
+    dataset_description,
+    init_output_dataset,
+    publish,
+    res_label,
+    stage_unit,
+    staging_dir,
+    write_failure,
+)
+from bids_mcsr.qc import curves_tsv
+from bids_mcsr.validator import find_validator, validate
+
+OPTIONS = {"model": "fast", "bias_correction": "n4", "registration": "rigid", "seed": 3,
+           "output_grid": None}
+HISTORY = {"epoch": [1, 2], "loss": {"T1w": [0.5, 0.25], "T2w": [0.4, 0.2]},
+           "mi": [None, 0.7], "seconds": [1.0, 2.0]}
+
+
+@pytest.fixture
+def raw(tmp_path: Path) -> Path:
+    root = tmp_path / "raw"
+    root.mkdir()
+    (root / "dataset_description.json").write_text(json.dumps(
+        {"Name": "Raw", "BIDSVersion": "1.10.0", "DatasetDOI": "doi:10.1/x"}))
+    return root
+
+
+@pytest.fixture
+def unit() -> SubjectSession:
+    return SubjectSession("01", "a", [
+        Run("/r/t1.nii.gz", "sub-01/ses-a/anat/sub-01_ses-a_T1w.nii.gz", "T1w", {}),
+        Run("/r/t2.nii.gz", "sub-01/ses-a/anat/sub-01_ses-a_T2w.nii.gz", "T2w", {})])
+
+
+def _fit_outputs(folder: Path) -> tuple[dict, dict, dict]:
+    folder.mkdir()
+    volumes = {}
+    for contrast in ("T1w", "T2w"):
+        img = nib.Nifti1Image(np.random.default_rng(0).random((6, 6, 6), np.float32), np.eye(4))
+        img.header.set_xyzt_units("mm")
+        volumes[contrast] = str(folder / f"{contrast}.nii.gz")
+        nib.save(img, volumes[contrast])
+    nib.save(nib.Nifti1Image(np.ones((6, 6, 6), np.uint8), np.eye(4)), str(folder / "m.nii.gz"))
+    (folder / "xfm.txt").write_text("identity\n")
+    result = {"spacing": [1.0, 1.0, 1.0], "settings": {"slice_profile": "gaussian"},
+              "epochs_run": 2, "stopped_epoch": 2, "final_mi": 0.7, "runtime_s": 5.0,
+              "device": "cpu", "history": HISTORY}
+    transforms = {"T1w": str(folder / "xfm.txt"), "T2w": str(folder / "xfm.txt")}
+    return {"volumes": volumes, "mask": str(folder / "m.nii.gz")}, result, transforms
+
+
+@pytest.mark.parametrize("spacing, label", [((1, 1, 1), "1mm"), ((0.8, 0.8, 0.8), "0p8mm"),
+                                            ((1.25,) * 3, "1p25mm"), ((1, 1, 2), "ref")])
+def test_res_label(spacing, label):
+    assert res_label(spacing) == label
+
+
+def test_dataset_description(raw, monkeypatch):
+    monkeypatch.delenv("BIDS_MCSR_CONTAINER_TYPE", raising=False)
+    desc = dataset_description(raw)
+    assert desc["DatasetType"] == "derivative"
+    assert {"Name", "Version", "CodeURL"} <= set(desc["GeneratedBy"][0])
+    assert "Container" not in desc["GeneratedBy"][0]
+    assert desc["DatasetLinks"]["raw"] == raw.resolve().as_uri()
+    assert desc["SourceDatasets"][0]["DOI"] == "doi:10.1/x"
+    monkeypatch.setenv("BIDS_MCSR_CONTAINER_TYPE", "docker")
+    monkeypatch.setenv("BIDS_MCSR_CONTAINER_TAG", "bids-mcsr:1")
+    container = dataset_description(raw)["GeneratedBy"][0]["Container"]
+    assert container == {"Type": "docker", "Tag": "bids-mcsr:1"}
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path):
+    target = tmp_path / "a" / "x.json"
+    atomic_write(target, "{}")
+    atomic_write(target, b"[]")
+    assert target.read_text() == "[]"
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "a" / "y.nii.gz") as tmp:
+            assert tmp.name.endswith(".nii.gz")
+            tmp.write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["x.json"]
+
+
+def test_staged_unit_names_and_sidecars(tmp_path, raw, unit):
+    out = tmp_path / "out"
+    init_output_dataset(out, raw)
+    sr, result, transforms = _fit_outputs(tmp_path / "fit")
+    staging = staging_dir(out, unit.name)
+    stage_unit(staging, unit, sr, result, transforms, "T1w", OPTIONS)
+    assert not (out / "sub-01").exists()  # nothing visible before publishing
+    publish(staging, out)
+    assert not staging.exists()
+    anat = out / "sub-01" / "ses-a" / "anat"
+    assert sorted(p.name for p in anat.iterdir()) == [
+        "sub-01_ses-a_from-T2w_to-T1w_mode-image_xfm.txt",
+        "sub-01_ses-a_res-1mm_desc-foreground_mask.json",
+        "sub-01_ses-a_res-1mm_desc-foreground_mask.nii.gz",
+        "sub-01_ses-a_res-1mm_desc-sr_T1w.json",
+        "sub-01_ses-a_res-1mm_desc-sr_T1w.nii.gz",
+        "sub-01_ses-a_res-1mm_desc-sr_T2w.json",
+        "sub-01_ses-a_res-1mm_desc-sr_T2w.nii.gz",
+    ]
+    sidecar = json.loads((anat / "sub-01_ses-a_res-1mm_desc-sr_T2w.json").read_text())
+    assert sidecar["Sources"] == ["bids:raw:sub-01/ses-a/anat/sub-01_ses-a_T1w.nii.gz",
+                                  "bids:raw:sub-01/ses-a/anat/sub-01_ses-a_T2w.nii.gz"]
+    assert sidecar["SkullStripped"] is False
+    assert sidecar["Resolution"].startswith("1x1x1 mm")
+    assert (sidecar["Seed"], sidecar["EpochsRun"], sidecar["FinalMI"]) == (3, 2, 0.7)
+    assert {"Model", "ModelSettings", "RuntimeSeconds", "Device"} <= set(sidecar)
+    qc = json.loads((out / "sub-01/ses-a/qc/sub-01_ses-a_desc-qc.json").read_text())
+    assert qc["status"] == "ok" and qc["contrasts"] == ["T1w", "T2w"]
+    assert qc["per_contrast"]["T2w"]["final_loss"] == 0.2
+    curves = (out / "sub-01/ses-a/qc/sub-01_ses-a_desc-training_curves.tsv").read_text()
+    assert curves.splitlines()[0] == "epoch\tloss_T1w\tloss_T2w\tmi\tseconds"
+
+
+def test_failure_record(tmp_path, unit):
+    path = write_failure(tmp_path, unit, "registration: no overlap")
+    record = json.loads(path.read_text())
+    assert record["status"] == "failed" and record["error"] == "registration: no overlap"
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == [path.name]
+
+
+def test_top_level_files(tmp_path, raw):
+    init_output_dataset(tmp_path / "out", raw)
+    assert (tmp_path / "out" / ".bidsignore").read_text().split() == BIDSIGNORE
+    assert (tmp_path / "out" / "logs").is_dir()
+
+
+def test_curves_tsv_marks_missing_values():
+    rows = curves_tsv(HISTORY).splitlines()
+    assert rows[1] == "1\t0.5\t0.4\tn/a\t1"
+
+
+@pytest.mark.skipif(find_validator() is None, reason="bids-validator-deno not installed")
+def test_output_passes_the_bids_validator(tmp_path, raw, unit):
+    out = tmp_path / "out"
+    init_output_dataset(out, raw)
+    sr, result, transforms = _fit_outputs(tmp_path / "fit")
+    staging = staging_dir(out, unit.name)
+    stage_unit(staging, unit, sr, result, transforms, "T1w", OPTIONS)
+    publish(staging, out)
+    write_failure(out, SubjectSession("02", None, []), "n4: failed")
+    report = validate(out)
+    assert report.errors == []
