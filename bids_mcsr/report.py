@@ -143,7 +143,7 @@ def render_subject(unit: str, record: dict, figures: dict[str, list[tuple[Path, 
                i["shape"], i["voxel_size_mm"], i["orientation"], i["slice_thickness_mm"],
                i["data_consistency"]["psnr_db"], i["data_consistency"]["ssim"])
               for i in record["inputs"]]
-    quality = [(c, m["dc_psnr_db"], m["dc_ssim"], m["sharpness_ratio"], m["gradient_per_axis"])
+    quality = [(c, m["dc_psnr_db"], m["dc_ssim"], m["sharpness_ratio"], m["hf_per_axis"])
                for c, m in record["per_contrast"].items()]
     mi_rows = [(pair, value) for pair, value in record["mi_between_sr"].items()]
     converged = record["mi_converged"]
@@ -162,10 +162,11 @@ def render_subject(unit: str, record: dict, figures: dict[str, list[tuple[Path, 
                             "the acquired voxels inside the stack's foreground.")),
         section("Quality without ground truth",
                 table(["contrast", "DC PSNR (dB)", "DC SSIM", "sharpness ratio",
-                       "mean |gradient| per grid axis (1/mm)"], quality)
-                + paragraph("Sharpness ratio: mean gradient along the reference's slice axis "
-                            "over the in-plane mean, inside the mask; about 1 for an isotropic "
-                            "result, well below 1 when thick-slice blur remains.")
+                       "high-frequency energy per grid axis (1/mm²)"], quality)
+                + paragraph("Sharpness ratio: high-frequency energy (mean absolute second "
+                            "difference) along the reference's slice axis over the in-plane "
+                            "mean, inside the mask; about 1 for an isotropic result, well "
+                            "below 1 when thick-slice blur remains.")
                 + table(["SR contrasts", "MI on the SR volumes (nats)"], mi_rows)
                 + paragraph(mi_text, "ok" if converged in (True, None) else "flag")),
         section("Acquired vs super-resolved", figs("sr")),
