@@ -81,10 +81,10 @@ def write_figures(output_dir: Path, unit: str, subject: str, stacks: Sequence[St
     fig_dir = Path(output_dir) / f"sub-{subject}" / "figures"
     point = focus_point(result.mask)
     reference = stacks[reference_index]
-    axis = grid_axis_along(result.grid, slice_direction(reference))
     out: dict[str, list[tuple[Path, str]]] = {"sr": [], "registration": [], "training": []}
     for contrast in result.contrasts:
         own = [s for s in stacks if s.contrast == contrast]
+        axis = grid_axis_along(result.grid, slice_direction(own[0]))
         path = _atomic_figure(plot_lr_vs_sr, _png(fig_dir, unit, "srcompare", contrast), own,
                               result.volumes[contrast], result.grid, result.mask, point, axis)
         out["sr"].append((path, f"{contrast}: acquired stack(s), nearest-neighbour on the SR "

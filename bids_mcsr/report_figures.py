@@ -93,7 +93,7 @@ def plot_lr_vs_sr(stacks: Sequence[Stack], volume: np.ndarray, grid: Grid, mask:
     point : sequence of int
         Grid voxel every plane goes through.
     through_axis : int
-        Grid axis of the reference's slice direction; the detail is cut along it.
+        Grid axis of the first stack's slice direction; the detail is cut along it.
     path : Path
         PNG to write.
 

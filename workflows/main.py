@@ -152,7 +152,43 @@ def _run_workflow(unit: SubjectSession, opts: Namespace) -> dict:
     nodes = {node.name: node.result.outputs for node in graph.nodes()}
     return {"volumes": nodes["superres"].volumes, "mask": nodes["superres"].mask,
             "result": nodes["superres"].result, "xfm_files": nodes["register"].xfm_file,
-            "reference_index": nodes["select_reference"].index}
+            "reference_index": nodes["select_reference"].index,
+            "registered": nodes["register"].out_file, "step_times": _step_times(graph)}
+
+
+def _step_times(graph) -> dict[str, float]:
+    """Wall seconds of each executed step (a MapNode's items summed), by step name."""
+    from workflows.participant import STEP_NAMES
+
+    times = {}
+    for node in graph.nodes():
+        runtime = node.result.runtime
+        runs = runtime if isinstance(runtime, list) else [runtime]
+        seconds = sum(float(getattr(run, "duration", 0) or 0) for run in runs)
+        times[STEP_NAMES.get(node.name, node.name)] = round(seconds, 2)
+    return times
+
+
+def _report(staging: Path, unit: SubjectSession, outputs: dict, opts: Namespace) -> None:
+    """Write the unit's HTML report, figures and metrics JSON into ``staging``.
+
+    A failed report is logged and leaves the derivatives in place; the group level then
+    lists the unit as incomplete.
+    """
+    from bids_mcsr.report import write_subject_report_from_files
+
+    registered = outputs["registered"]
+    try:
+        write_subject_report_from_files(
+            str(staging), unit.subject, unit.session,
+            registered if isinstance(registered, list) else [registered],
+            [run.contrast for run in unit.runs], [run.slice_thickness for run in unit.runs],
+            outputs["reference_index"],
+            {key: outputs[key] for key in ("volumes", "mask", "result")},
+            outputs["step_times"], _run_options(opts),
+            source_files=[run.path for run in unit.runs])
+    except Exception as err:  # the report must not cost the subject its derivatives
+        log.error("%s: report: %s: %s", unit.name, type(err).__name__, err)
 
 
 def _process(unit: SubjectSession, opts: Namespace) -> None:
@@ -166,6 +202,7 @@ def _process(unit: SubjectSession, opts: Namespace) -> None:
         stage_unit(staging, unit, {"volumes": outputs["volumes"], "mask": outputs["mask"]},
                    result, dict(zip(labels, xfms if isinstance(xfms, list) else [xfms])),
                    labels[outputs["reference_index"]], _run_options(opts))
+        _report(staging, unit, outputs, opts)
         publish(staging, opts.output_dir)
     except Exception as err:
         raise StepFailure("derivatives", f"{type(err).__name__}: {err}") from err
