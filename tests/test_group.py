@@ -95,3 +95,13 @@ def test_no_qc_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "run the participant level first" in err
     assert not (tmp_path / "group.html").exists()
+
+
+def test_sessions_are_separate_rows(tmp_path):
+    for session in ("1", "2"):
+        write_json(tmp_path / f"sub-01/ses-{session}/qc/sub-01_ses-{session}_desc-qc.json",
+                   qc_record("01", session, ["T1w"], error="superres: out of memory"))
+    assert run_group(tmp_path) == 0
+    df = pd.read_csv(tmp_path / "group_desc-qc.tsv", sep="\t", dtype=str)
+    assert df["name"].tolist() == ["sub-01_ses-1", "sub-01_ses-2"]
+    assert (df["status"] == "failed").all()
