@@ -1,0 +1,145 @@
+"""SR quality benchmark on truth-known cases: PSNR, SSIM, MI, time and peak memory per method.
+
+Usage::
+
+    python benchmarks/bench_quality.py --case mni --rows cubic,single-fast,multi-fast,multi-paper \
+        --profiles none,gaussian --json benchmarks/results/quality_mni.json
+
+Each INR row runs in a fresh process so its peak memory is its own. PSNR/SSIM are scored
+inside the truth's head mask on the truth's range there (see bids_mcsr.metrics).
+Per-epoch PSNR on a fixed subsample of the mask shows whether the MI-selected epoch is
+also the best epoch by PSNR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cases import load_case  # noqa: E402
+
+from bids_mcsr.geometry import CoordinateFrame, voxel_centres  # noqa: E402
+from bids_mcsr.infer import predict_points  # noqa: E402
+from bids_mcsr.metrics import cubic_baseline, mutual_information, psnr, ssim  # noqa: E402
+from bids_mcsr.mi_stopping import mi_plateaued  # noqa: E402
+from bids_mcsr.superres import SRConfig, super_resolve  # noqa: E402
+
+
+def score(case, volumes: dict[str, np.ndarray]) -> dict:
+    out = {}
+    for c, truth in case.truth.items():
+        out[c] = {"psnr": psnr(volumes[c], truth, case.mask), "ssim": ssim(volumes[c], truth, case.mask)}
+    names = list(volumes)
+    if len(names) > 1:
+        out["mi"] = mutual_information(volumes[names[0]][case.mask], volumes[names[1]][case.mask])
+    return out
+
+
+def run_cubic(case) -> dict:
+    t0 = time.perf_counter()
+    vols = {c: cubic_baseline([s for s in case.stacks if s.contrast == c], case.grid)
+            for c in dict.fromkeys(s.contrast for s in case.stacks)}
+    return {"scores": score(case, vols), "seconds": time.perf_counter() - t0}
+
+
+def run_inr(args: dict) -> dict:
+    torch.set_num_threads(args["threads"])
+    case = load_case(args["case"], args["resolution"])
+    stacks = case.stacks if args["multi"] else [s for s in case.stacks if s.contrast == "T1w"]
+    rng = np.random.default_rng(0)
+    idx = np.sort(rng.choice(np.flatnonzero(case.mask.ravel()), 100000, replace=False))
+    frame = CoordinateFrame.from_stacks(stacks)
+    pts = frame.normalise(voxel_centres(case.grid.shape, case.grid.affine)[idx])
+    epoch_psnr: list[float] = []
+    truth_t1 = case.truth["T1w"].ravel()[idx]
+    scale = {}
+
+    def track(epoch, model):  # PSNR of T1w per epoch on 100k mask voxels, for MI-vs-PSNR
+        pred = predict_points(model, pts, torch.device("cpu"))[:, 0]
+        lo, hi = scale["T1w"]
+        err = np.mean((pred * (hi - lo) + lo - truth_t1) ** 2)
+        rng_t = truth_t1.max() - truth_t1.min()
+        epoch_psnr.append(float(10 * np.log10(rng_t ** 2 / err)))
+
+    from bids_mcsr.sampling import stack_masks_and_scalers
+    _, scalers = stack_masks_and_scalers(stacks[:1])
+    scale["T1w"] = (scalers[0].low, scalers[0].high)
+    cfg = SRConfig(model=args["model"], slice_profile=args["profile"], epochs=args["epochs"],
+                   mi_stopping=False, seed=0)
+    t0 = time.perf_counter()
+    res = super_resolve(stacks, cfg, grid=case.grid, on_epoch_end=track)
+    seconds = time.perf_counter() - t0
+    mi = [m for m in res.history["mi"] if m is not None]
+    mi_epoch = next((e + 1 for e in range(len(mi)) if e + 1 >= 6 and mi_plateaued(mi[:e + 1])), None)
+    return {"scores": score(case, res.volumes), "seconds": seconds, "epochs": res.epochs_run,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "epoch_psnr_t1w": epoch_psnr, "mi_curve": mi, "mi_stop_epoch": mi_epoch,
+            "best_psnr_epoch": int(np.argmax(epoch_psnr)) + 1}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--case", choices=["mni", "rorden"], default="mni")
+    p.add_argument("--resolution", type=int, default=1, choices=[1, 2], help="mni truth resolution (mm)")
+    p.add_argument("--rows", default="cubic,single-fast,multi-fast,multi-paper")
+    p.add_argument("--profiles", default="none,gaussian")
+    p.add_argument("--epochs", type=int, default=None, help="epochs of the fast model (default: its own)")
+    p.add_argument("--paper-epochs", type=int, default=2, help="epochs of the paper model (CPU budget)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", type=Path, default=None)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    case = load_case(a.case, a.resolution)
+    rows = []
+    ctx = mp.get_context("spawn")
+    for row in a.rows.split(","):
+        if row == "cubic":
+            rows.append({"method": "cubic B-spline", "profile": "-", **run_cubic(case)})
+            continue
+        kind, model = row.split("-")
+        for profile in a.profiles.split(","):
+            epochs = a.paper_epochs if model == "paper" else a.epochs
+            job = {"case": a.case, "resolution": a.resolution, "multi": kind == "multi", "model": model,
+                   "profile": profile, "epochs": epochs, "threads": a.threads}
+            with ctx.Pool(1) as pool:
+                out = pool.apply(run_inr, (job,))
+            rows.append({"method": f"{kind}-contrast {model}", "profile": profile, **out})
+            print_table(a.case, rows[-1:], header=len(rows) == 2, flush=True)
+    print()
+    print_table(a.case, rows, header=True)
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"case": a.case, "resolution": a.resolution, "threads": a.threads,
+                "torch": torch.__version__, "python": platform.python_version(),
+                "machine": platform.machine(), "device": "cpu"}
+        a.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    return 0
+
+
+def print_table(case_name: str, rows: list[dict], header: bool, flush: bool = False) -> None:
+    contrasts = [c for c in rows[0]["scores"] if c != "mi"]
+    if header:
+        cols = ["method", "profile"] + [f"{c} {m}" for c in contrasts for m in ("PSNR", "SSIM")]
+        cols += ["MI", "time s", "peak MB", "epochs", "MI-stop ep", "best ep"]
+        print(f"case {case_name}: " + " | ".join(cols))
+    for r in rows:
+        cells = [r["method"], r["profile"]]
+        cells += [f"{r['scores'][c]['psnr']:.2f} | {r['scores'][c]['ssim']:.4f}" for c in contrasts]
+        cells += [f"{r['scores'].get('mi', float('nan')):.3f}", f"{r['seconds']:.0f}",
+                  f"{r.get('peak_rss_mb', float('nan')):.0f}", str(r.get("epochs", "-")),
+                  str(r.get("mi_stop_epoch", "-")), str(r.get("best_psnr_epoch", "-"))]
+        print("  " + " | ".join(cells), flush=flush)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
