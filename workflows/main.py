@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import re
 import shutil
 import sys
 import time
@@ -32,6 +33,7 @@ from bids_mcsr.parser import parse_args, stamp_work_dir
 from bids_mcsr.validator import find_validator, subset_view, validate
 
 log = logging.getLogger("bids_mcsr")
+_EXCEPTION_LINE = re.compile(r"^\s*[\w.]*(?:Error|Exception): (.+)$", re.MULTILINE)
 
 
 class StepFailure(Exception):
@@ -118,10 +120,10 @@ def _crash_reason(crash_dir: Path, fallback: Exception) -> StepFailure:
     node = next((line.split(":", 1)[1].strip() for line in text.splitlines()
                  if line.startswith("Node:")), "")
     step = STEP_NAMES.get(node.split(".")[-1], node or "workflow")
-    errors = [line.strip() for line in text.splitlines()
-              if line.strip() and not line.startswith((" ", "\t"))
-              and ("Error" in line.split(":", 1)[0] or "Exception" in line.split(":", 1)[0])]
-    message = errors[-1].split(":", 1)[1].strip() if errors else text.strip().splitlines()[-1]
+    # the innermost exception line, e.g. "bids_mcsr.errors.InputError: <file>: <problem>; <fix>"
+    errors = [match.group(1) for match in _EXCEPTION_LINE.finditer(text)
+              if "raised while executing Node" not in match.group(1)]
+    message = errors[-1] if errors else text.strip().splitlines()[-1]
     return StepFailure(step, message)
 
 
