@@ -95,7 +95,7 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path):
     assert sorted(p.name for p in target.parent.iterdir()) == ["x.json"]
 
 
-def test_staged_unit_names_and_sidecars(tmp_path, raw, unit):
+def _write_unit(tmp_path: Path, raw: Path, unit: SubjectSession) -> Path:
     out = tmp_path / "out"
     init_output_dataset(out, raw)
     sr, result, transforms = _fit_outputs(tmp_path / "fit")
@@ -104,6 +104,11 @@ def test_staged_unit_names_and_sidecars(tmp_path, raw, unit):
     assert not (out / "sub-01").exists()  # nothing visible before publishing
     publish(staging, out)
     assert not staging.exists()
+    return out
+
+
+def test_staged_unit_names_and_sidecars(tmp_path, raw, unit):
+    out = _write_unit(tmp_path, raw, unit)
     anat = out / "sub-01" / "ses-a" / "anat"
     assert sorted(p.name for p in anat.iterdir()) == [
         "sub-01_ses-a_from-T2w_to-T1w_mode-image_xfm.txt",
@@ -148,12 +153,7 @@ def test_curves_tsv_marks_missing_values():
 
 @pytest.mark.skipif(find_validator() is None, reason="bids-validator-deno not installed")
 def test_output_passes_the_bids_validator(tmp_path, raw, unit):
-    out = tmp_path / "out"
-    init_output_dataset(out, raw)
-    sr, result, transforms = _fit_outputs(tmp_path / "fit")
-    staging = staging_dir(out, unit.name)
-    stage_unit(staging, unit, sr, result, transforms, "T1w", OPTIONS)
-    publish(staging, out)
+    out = _write_unit(tmp_path, raw, unit)
     write_failure(out, SubjectSession("02", None, []), "n4: failed")
     report = validate(out)
     assert report.errors == []
