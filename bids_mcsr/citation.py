@@ -34,8 +34,9 @@ def methods_text(options: dict) -> str:
     Parameters
     ----------
     options : dict
-        ``bias_correction``, ``registration``, ``model``, ``slice_profile``, ``epochs``
-        (None: the model's default), ``output_resolution`` (mm or None), ``output_grid``.
+        ``bias_correction``, ``registration``, ``reference``, ``model``, ``slice_profile``,
+        ``epochs`` (None: the model's default), ``output_resolution`` (mm or None),
+        ``output_grid``.
 
     Returns
     -------
@@ -49,9 +50,11 @@ def methods_text(options: dict) -> str:
                      f"ANTsPy {_version('antspyx')}")
         cited.append("n4")
     if options["registration"] == "rigid":
-        steps.append("rigidly aligned to the stack with the finest through-plane resolution "
-                     "(Mattes mutual information, ANTs [ants]); each transform was applied by "
-                     "rewriting the stack's affine, so no stack was resampled")
+        target = (f"the {options['reference']} stack" if options.get("reference")
+                  else "the stack with the finest through-plane resolution")
+        steps.append(f"rigidly aligned to {target} (Mattes mutual information, ANTs [ants]); "
+                     "each transform was applied by rewriting the stack's affine, so no stack "
+                     "was resampled")
         cited.append("ants")
     prep = ("Each anatomical stack was " + "; then ".join(steps) + ". ") if steps else ""
     if options.get("output_grid"):
