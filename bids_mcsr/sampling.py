@@ -11,15 +11,18 @@ import torch
 from .geometry import CoordinateFrame, voxel_centres
 from .intensity import IntensityScaler, foreground_mask
 from .io import Stack
-from .slice_profile import profile_offsets, slice_normal
+from .slice_profile import profile_quantile, slice_normal
 
 
 @dataclass
 class TrainingSamples:
     """Flat tensors over all stacks' voxels plus per-stack slice-profile geometry.
 
-    ``offsets[s]`` are the normalised-frame displacement vectors of stack ``s``'s profile
-    sample points (shape ``(n_stacks, K, 3)``), ``weights[s]`` their weights ``(n_stacks, K)``.
+    ``slab[s]`` is stack ``s``'s slice normal scaled by its thickness, in normalised
+    units (zero for point-sampled stacks). Each training voxel is predicted as the mean
+    of the network at ``n_profile`` points through its slab, drawn by stratified sampling
+    of the profile (one random point per equal-probability stratum, new every step), so
+    the whole slab is covered rather than a few fixed planes.
     """
 
     coords: torch.Tensor
@@ -27,8 +30,10 @@ class TrainingSamples:
     contrast: torch.Tensor
     stack: torch.Tensor
     foreground: np.ndarray
-    offsets: torch.Tensor
-    weights: torch.Tensor
+    slab: torch.Tensor
+    profile: str
+    n_profile: int
+    quadrature: bool = False
 
     def __len__(self) -> int:
         return int(self.values.shape[0])
@@ -45,7 +50,20 @@ class TrainingSamples:
     def to(self, device: torch.device) -> "TrainingSamples":
         return TrainingSamples(self.coords.to(device), self.values.to(device),
                                self.contrast.to(device), self.stack.to(device), self.foreground,
-                               self.offsets.to(device), self.weights.to(device))
+                               self.slab.to(device), self.profile, self.n_profile, self.quadrature)
+
+    def profile_points(self, idx: torch.Tensor) -> torch.Tensor:
+        """Sample points ``(B, n_profile, 3)`` through the slabs of voxels ``idx``."""
+        x = self.coords[idx].unsqueeze(1)
+        if self.n_profile == 1:
+            return x
+        k = torch.arange(self.n_profile, device=x.device)
+        if self.quadrature:
+            u = ((k + 0.5) / self.n_profile).expand(idx.shape[0], -1)
+        else:
+            u = (k + torch.rand(idx.shape[0], self.n_profile, device=x.device)) / self.n_profile
+        t = profile_quantile(self.profile, u)
+        return x + t.unsqueeze(-1) * self.slab[self.stack[idx]].unsqueeze(1)
 
 
 def build_samples(stacks: Sequence[Stack], contrasts: Sequence[str], frame: CoordinateFrame,
@@ -55,10 +73,9 @@ def build_samples(stacks: Sequence[Stack], contrasts: Sequence[str], frame: Coor
 
     An (near-)isotropic stack is point-sampled whatever ``profile`` says.
     """
-    k = 1 if profile == "none" else n_profile_samples
+    k = 1 if profile == "none" or all(s.is_isotropic for s in stacks) else n_profile_samples
     parts = {"coords": [], "values": [], "contrast": [], "stack": [], "fg": []}
-    offsets = np.zeros((len(stacks), k, 3), np.float32)
-    weights = np.full((len(stacks), k), 1.0 / k, np.float32)
+    slab = np.zeros((len(stacks), 3), np.float32)
     for i, (s, scaler, mask) in enumerate(zip(stacks, scalers, masks)):
         parts["coords"].append(frame.normalise(voxel_centres(s.data.shape, s.affine)))
         parts["values"].append(scaler.forward(s.data.ravel()))
@@ -66,17 +83,16 @@ def build_samples(stacks: Sequence[Stack], contrasts: Sequence[str], frame: Coor
         parts["stack"].append(np.full(s.data.size, i, np.int64))
         parts["fg"].append(mask.ravel())
         if profile != "none" and not s.is_isotropic:
-            off_mm, w = profile_offsets(profile, s.thickness, k)
-            offsets[i] = frame.normalise_vector(off_mm[:, None] * slice_normal(s)[None, :])
-            weights[i] = w
+            slab[i] = frame.normalise_vector(s.thickness * slice_normal(s))
     return TrainingSamples(
         coords=torch.from_numpy(np.concatenate(parts["coords"])),
         values=torch.from_numpy(np.concatenate(parts["values"])),
         contrast=torch.from_numpy(np.concatenate(parts["contrast"])),
         stack=torch.from_numpy(np.concatenate(parts["stack"])),
         foreground=np.concatenate(parts["fg"]),
-        offsets=torch.from_numpy(offsets),
-        weights=torch.from_numpy(weights),
+        slab=torch.from_numpy(slab),
+        profile=profile,
+        n_profile=k,
     )
 
 

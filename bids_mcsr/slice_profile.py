@@ -7,6 +7,7 @@ sample points along the slice normal, at offsets (mm) from the voxel centre.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from .geometry import Grid
@@ -33,6 +34,16 @@ def profile_offsets(profile: str, thickness: float, n_samples: int = 5) -> tuple
         return nodes * sigma, weights / weights.sum()
     edges = np.linspace(-thickness / 2, thickness / 2, n_samples + 1)
     return (edges[:-1] + edges[1:]) / 2, np.full(n_samples, 1.0 / n_samples)
+
+
+def profile_quantile(profile: str, u: torch.Tensor) -> torch.Tensor:
+    """Offsets, in units of the slice thickness, at quantiles ``u`` in (0, 1) of the profile."""
+    if profile == "gaussian":
+        u = u.clamp(1e-6, 1 - 1e-6)
+        return (FWHM_TO_SIGMA * np.sqrt(2.0)) * torch.erfinv(2 * u - 1)
+    if profile == "boxcar":
+        return u - 0.5
+    return torch.zeros_like(u)
 
 
 def slice_normal(stack: Stack) -> np.ndarray:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -36,12 +35,14 @@ class TrainConfig:
     mi_tolerance: float = 2e-3
     min_epochs: int = 6
     min_steps_per_epoch: int = 200
+    compile: bool = False
     seed: int = 0
 
     def effective_batch_size(self, n_epoch_samples: int) -> int:
         """``batch_size``, reduced (not below 512) so that small subjects still get
         ``min_steps_per_epoch`` optimiser steps per epoch."""
-        return int(min(self.batch_size, max(512, n_epoch_samples // self.min_steps_per_epoch)))
+        batch = min(self.batch_size, max(512, n_epoch_samples // self.min_steps_per_epoch))
+        return int(max(1, min(batch, n_epoch_samples)))
 
 
 @dataclass
@@ -58,18 +59,14 @@ class TrainHistory:
         return {"epoch": self.epoch, "loss": self.loss, "mi": self.mi, "seconds": self.seconds}
 
 
-def _batch_loss(model: torch.nn.Module, samples: TrainingSamples, idx: torch.Tensor,
+def _batch_loss(model: Callable[[torch.Tensor], torch.Tensor], samples: TrainingSamples, idx: torch.Tensor,
                 n_contrasts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Loss of one batch and the per-contrast sums/counts of squared errors."""
-    x = samples.coords[idx]
     c = samples.contrast[idx]
-    s = samples.stack[idx]
-    offsets = samples.offsets[s]  # (B, K, 3)
-    k = offsets.shape[1]
-    pts = (x.unsqueeze(1) + offsets).reshape(-1, 3)
-    out = model(pts).reshape(x.shape[0], k, n_contrasts)
-    mine = out.gather(2, c.view(-1, 1, 1).expand(-1, k, 1)).squeeze(2)
-    pred = (mine * samples.weights[s]).sum(dim=1)
+    pts = samples.profile_points(idx)  # (B, K, 3)
+    b, k = pts.shape[:2]
+    out = model(pts.reshape(-1, 3)).reshape(b, k, n_contrasts)
+    pred = out.gather(2, c.view(-1, 1, 1).expand(-1, k, 1)).squeeze(2).mean(dim=1)
     sq = (pred - samples.values[idx]) ** 2
     sums = torch.zeros(n_contrasts, device=sq.device).index_add_(0, c, sq)
     counts = torch.zeros(n_contrasts, device=sq.device).index_add_(0, c, torch.ones_like(sq))
@@ -96,7 +93,9 @@ def train(model: torch.nn.Module, samples: TrainingSamples, contrasts: list[str]
     n_epoch = int(samples.foreground.sum()
                   + round(config.background_fraction * (~samples.foreground).sum()))
     batch_size = config.effective_batch_size(n_epoch)
-    steps_per_epoch = math.ceil(n_epoch / batch_size)
+    steps_per_epoch = n_epoch // batch_size  # equal batches: the remainder waits for the next epoch
+    forward: Callable[[torch.Tensor], torch.Tensor] = (
+        torch.compile(model, dynamic=False) if config.compile else model)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.99), eps=1e-15)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(
         opt, T_max=max(1, config.epochs * steps_per_epoch), eta_min=config.lr * 0.01)
@@ -107,9 +106,17 @@ def train(model: torch.nn.Module, samples: TrainingSamples, contrasts: list[str]
         sums = torch.zeros(n_c, device=device)
         counts = torch.zeros(n_c, device=device)
         t_epoch = time.perf_counter()
-        for start in range(0, order.numel(), batch_size):
-            idx = order[start:start + batch_size]
-            loss, s, n = _batch_loss(model, samples, idx, n_c)
+        for step in range(steps_per_epoch):
+            idx = order[step * batch_size:(step + 1) * batch_size]
+            try:
+                loss, s, n = _batch_loss(forward, samples, idx, n_c)
+            except Exception as exc:  # torch.compile needs a C++ toolchain; fall back to eager
+                if forward is model:
+                    raise
+                log.warning("torch.compile unavailable (%s: %s); training without it",
+                            type(exc).__name__, str(exc).splitlines()[0][:200])
+                forward = model
+                loss, s, n = _batch_loss(forward, samples, idx, n_c)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -126,7 +133,7 @@ def train(model: torch.nn.Module, samples: TrainingSamples, contrasts: list[str]
         hist.epoch.append(epoch)
         hist.mi.append(mi)
         hist.seconds.append(time.perf_counter() - t0)
-        n_points = int(order.numel()) * int(samples.offsets.shape[1])
+        n_points = steps_per_epoch * batch_size * samples.n_profile
         info = {"epoch": epoch, "epochs": config.epochs,
                 "loss": {c: float(v) for c, v in zip(contrasts, per_c)}, "mi": mi,
                 "seconds": hist.seconds[-1],
