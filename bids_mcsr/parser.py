@@ -12,6 +12,7 @@ from pathlib import Path
 
 from bids_mcsr.about import NAME, get_version
 from bids_mcsr.bids import SUPPORTED_CONTRASTS, load_filters
+from bids_mcsr.derivatives import atomic_write
 from bids_mcsr.errors import InputError
 
 STAMP_FILE = "bids-mcsr-version.txt"
@@ -93,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("run control")
     run.add_argument("--stop-on-first-crash", action="store_true",
                      help="stop at the first failed subject instead of going on")
+    run.add_argument("--force", action="store_true",
+                     help="redo subjects/sessions whose outputs are already complete "
+                     "(default: skip them)")
     run.add_argument("-v", "--verbose", action="count", default=0,
                      help="more log output (repeat for more)")
     return parser
@@ -106,6 +110,25 @@ def _strip(labels: list[str] | None, prefix: str) -> list[str] | None:
 
 def _inside(path: Path, parent: Path) -> bool:
     return path == parent or parent in path.parents
+
+
+def unwritable(path: Path) -> Path | None:
+    """The directory that stops ``path`` from being created or written, or None.
+
+    Parameters
+    ----------
+    path : Path
+        A directory that need not exist yet.
+
+    Returns
+    -------
+    Path or None
+        ``path`` itself, or its nearest existing ancestor, when the user cannot write there.
+    """
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
+        return None
+    return existing
 
 
 def check_work_dir_version(work_dir: Path) -> str | None:
@@ -133,9 +156,10 @@ def check_work_dir_version(work_dir: Path) -> str | None:
 
 
 def stamp_work_dir(work_dir: Path) -> None:
-    """Create ``work_dir`` and record which version writes into it."""
+    """Create ``work_dir`` and record which version writes into it (atomically: parallel
+    jobs may share the work directory)."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    (work_dir / STAMP_FILE).write_text(f"{NAME} {get_version()}\n")
+    atomic_write(work_dir / STAMP_FILE, f"{NAME} {get_version()}\n")
 
 
 def validate(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> argparse.Namespace:
@@ -174,6 +198,12 @@ def validate(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> argpa
         opts.output_grid = opts.output_grid.expanduser().resolve()
         if not opts.output_grid.is_file():
             parser.error(f"--output-grid {opts.output_grid} does not exist")
+    for label, path in (("output_dir", opts.output_dir), ("work dir", opts.work_dir)):
+        blocked = unwritable(path)
+        if blocked is not None:
+            parser.error(f"{label} {path}: {blocked} is not a writable directory; choose "
+                         "another directory or fix its permissions (in containers, bind a "
+                         "writable host directory)")
     stale = check_work_dir_version(opts.work_dir)
     if stale:
         parser.error(stale)

@@ -1,6 +1,7 @@
 """Command line: path guards, label handling, usage exit status."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,38 @@ def test_main_returns_2_on_usage_errors(bids_dir, capsys):
     assert main([str(bids_dir), str(bids_dir), "participant"]) == 2
     assert main([str(bids_dir)]) == 2
     assert main([str(bids_dir), "out", "participant", "--model", "huge"]) == 2
+
+
+def test_invalid_filter_json_is_a_one_line_usage_error(bids_dir, tmp_path, capsys):
+    bad = tmp_path / "broken.json"
+    bad.write_text('{"t1w": {"acquisition": ')
+    err = _usage_error([str(bids_dir), str(tmp_path / "out"), "participant",
+                        "--bids-filter-file", str(bad)], capsys)
+    assert f"{bad}: is not valid JSON" in err and "fix the --bids-filter-file" in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output_dir_is_refused(bids_dir, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        err = _usage_error([str(bids_dir), str(locked / "out"), "participant",
+                            "-w", str(tmp_path / "w")], capsys)
+    finally:
+        locked.chmod(0o700)
+    assert f"output_dir {locked / 'out'}: {locked} is not a writable directory" in err
+
+
+def test_force_defaults_to_off(bids_dir, tmp_path):
+    opts = parse_args([str(bids_dir), str(tmp_path / "out"), "participant"])
+    assert opts.force is False
+    assert parse_args([str(bids_dir), str(tmp_path / "out"), "participant", "--force"]).force
+
+
+def test_output_dir_under_a_file_is_refused(bids_dir, tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    err = _usage_error([str(bids_dir), str(blocker / "out"), "participant",
+                        "-w", str(tmp_path / "w")], capsys)
+    assert f"{blocker} is not a writable directory" in err
