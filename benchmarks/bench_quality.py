@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import multiprocessing as mp
 import platform
 import resource
@@ -38,6 +39,8 @@ from bids_mcsr.superres import SRConfig, super_resolve  # noqa: E402
 def score(case, volumes: dict[str, np.ndarray]) -> dict:
     out = {}
     for c, truth in case.truth.items():
+        if c not in volumes:
+            continue
         out[c] = {"psnr": psnr(volumes[c], truth, case.mask), "ssim": ssim(volumes[c], truth, case.mask)}
     names = list(volumes)
     if len(names) > 1:
@@ -53,18 +56,22 @@ def run_cubic(case) -> dict:
 
 
 def run_inr(args: dict) -> dict:
+    logging.basicConfig(level=logging.INFO, format="  %(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args["threads"])
     case = load_case(args["case"], args["resolution"])
-    stacks = case.stacks if args["multi"] else [s for s in case.stacks if s.contrast == "T1w"]
+    stacks = case.stacks if args["only"] is None else [s for s in case.stacks if s.contrast == args["only"]]
     rng = np.random.default_rng(0)
     idx = np.sort(rng.choice(np.flatnonzero(case.mask.ravel()), 100000, replace=False))
     frame = CoordinateFrame.from_stacks(stacks)
     pts = frame.normalise(voxel_centres(case.grid.shape, case.grid.affine)[idx])
     epoch_psnr: list[float] = []
-    truth_t1 = case.truth["T1w"].ravel()[idx]
+    tracked = stacks[0].contrast
+    truth_t1 = case.truth[tracked].ravel()[idx] if tracked in case.truth else None
     scale = {}
 
-    def track(epoch, model):  # PSNR of T1w per epoch on 100k mask voxels, for MI-vs-PSNR
+    def track(epoch, model):  # PSNR of the first contrast per epoch on 100k mask voxels
+        if truth_t1 is None:
+            return
         pred = predict_points(model, pts, torch.device("cpu"))[:, 0]
         lo, hi = scale["T1w"]
         err = np.mean((pred * (hi - lo) + lo - truth_t1) ** 2)
@@ -73,7 +80,7 @@ def run_inr(args: dict) -> dict:
 
     from bids_mcsr.sampling import stack_masks_and_scalers
     _, scalers = stack_masks_and_scalers(stacks[:1])
-    scale["T1w"] = (scalers[0].low, scalers[0].high)
+    scale["T1w"] = (scalers[0].low, scalers[0].high)  # the first (tracked) contrast
     cfg = SRConfig(model=args["model"], slice_profile=args["profile"], epochs=args["epochs"],
                    mi_stopping=False, seed=0)
     t0 = time.perf_counter()
@@ -84,7 +91,22 @@ def run_inr(args: dict) -> dict:
     return {"scores": score(case, res.volumes), "seconds": seconds, "epochs": res.epochs_run,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "epoch_psnr_t1w": epoch_psnr, "mi_curve": mi, "mi_stop_epoch": mi_epoch,
-            "best_psnr_epoch": int(np.argmax(epoch_psnr)) + 1}
+            "best_psnr_epoch": int(np.argmax(epoch_psnr)) + 1 if epoch_psnr else None}
+
+
+def run_row(ctx, job: dict, contrasts: list[str]) -> dict:
+    """One INR row in fresh processes: one fit, or one single-contrast fit per contrast."""
+    jobs = [dict(job, only=None)] if job["multi"] else [dict(job, only=c) for c in contrasts]
+    outs = []
+    for j in jobs:
+        with ctx.Pool(1) as pool:
+            outs.append(pool.apply(run_inr, (j,)))
+    merged = dict(outs[0])
+    if len(outs) > 1:
+        merged["scores"] = {k: v for o in outs for k, v in o["scores"].items() if k != "mi"}
+        merged["seconds"] = sum(o["seconds"] for o in outs)
+        merged["peak_rss_mb"] = max(o["peak_rss_mb"] for o in outs)
+    return merged
 
 
 def main(argv=None) -> int:
@@ -111,10 +133,9 @@ def main(argv=None) -> int:
             epochs = a.paper_epochs if model == "paper" else a.epochs
             job = {"case": a.case, "resolution": a.resolution, "multi": kind == "multi", "model": model,
                    "profile": profile, "epochs": epochs, "threads": a.threads}
-            with ctx.Pool(1) as pool:
-                out = pool.apply(run_inr, (job,))
+            out = run_row(ctx, job, list(case.truth))
             rows.append({"method": f"{kind}-contrast {model}", "profile": profile, **out})
-            print_table(a.case, rows[-1:], header=len(rows) == 2, flush=True)
+            print_table(a.case, rows[-1:], header=False, flush=True)
     print()
     print_table(a.case, rows, header=True)
     if a.json:
@@ -134,7 +155,8 @@ def print_table(case_name: str, rows: list[dict], header: bool, flush: bool = Fa
         print(f"case {case_name}: " + " | ".join(cols))
     for r in rows:
         cells = [r["method"], r["profile"]]
-        cells += [f"{r['scores'][c]['psnr']:.2f} | {r['scores'][c]['ssim']:.4f}" for c in contrasts]
+        cells += [f"{r['scores'][c]['psnr']:.2f} | {r['scores'][c]['ssim']:.4f}" if c in r["scores"]
+                  else "- | -" for c in contrasts]
         cells += [f"{r['scores'].get('mi', float('nan')):.3f}", f"{r['seconds']:.0f}",
                   f"{r.get('peak_rss_mb', float('nan')):.0f}", str(r.get("epochs", "-")),
                   str(r.get("mi_stop_epoch", "-")), str(r.get("best_psnr_epoch", "-"))]

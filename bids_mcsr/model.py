@@ -47,7 +47,7 @@ def model_spec(name: str, **overrides) -> ModelSpec:
                          {"n_levels": 8, "n_features": 2, "log2_table_size": 19,
                           "coarsest_mm": 32.0, "finest_mm": 2.0},
                          trunk_width=64, trunk_depth=2, head_width=32,
-                         epochs=16, batch_size=8192, lr=5e-3)
+                         epochs=10, batch_size=8192, lr=5e-3)
     else:
         raise ValueError(f"unknown model {name!r}; choose 'fast' or 'paper'")
     for key, value in overrides.items():

@@ -63,7 +63,8 @@ def n4_correct(stack: Stack, threads: int | None = None) -> Stack:
     Returns
     -------
     Stack
-        Same geometry, corrected intensities (float32).
+        Same geometry, corrected intensities (float32), rescaled so that the foreground
+        median is that of the input (N4 itself returns an arbitrary global scale).
     """
     import ants
 
@@ -71,8 +72,9 @@ def n4_correct(stack: Stack, threads: int | None = None) -> Stack:
     foreground = stack.data > 0.05 * np.percentile(stack.data, 99)
     mask = to_ants(stack.with_data(foreground.astype(np.float32)))
     shrink = int(max(1, min(4, min(stack.data.shape) // 8)))
-    corrected = ants.n4_bias_field_correction(to_ants(stack), mask=mask, shrink_factor=shrink)
-    return stack.with_data(corrected.numpy().astype(np.float32))
+    corrected = ants.n4_bias_field_correction(to_ants(stack), mask=mask, shrink_factor=shrink).numpy()
+    scale = np.median(stack.data[foreground]) / max(float(np.median(corrected[foreground])), 1e-12)
+    return stack.with_data((corrected * scale).astype(np.float32))
 
 
 def _itk_matrix(transform) -> np.ndarray:

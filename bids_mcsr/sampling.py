@@ -33,7 +33,6 @@ class TrainingSamples:
     slab: torch.Tensor
     profile: str
     n_profile: int
-    quadrature: bool = False
 
     def __len__(self) -> int:
         return int(self.values.shape[0])
@@ -50,7 +49,7 @@ class TrainingSamples:
     def to(self, device: torch.device) -> "TrainingSamples":
         return TrainingSamples(self.coords.to(device), self.values.to(device),
                                self.contrast.to(device), self.stack.to(device), self.foreground,
-                               self.slab.to(device), self.profile, self.n_profile, self.quadrature)
+                               self.slab.to(device), self.profile, self.n_profile)
 
     def profile_points(self, idx: torch.Tensor) -> torch.Tensor:
         """Sample points ``(B, n_profile, 3)`` through the slabs of voxels ``idx``."""
@@ -58,10 +57,7 @@ class TrainingSamples:
         if self.n_profile == 1:
             return x
         k = torch.arange(self.n_profile, device=x.device)
-        if self.quadrature:
-            u = ((k + 0.5) / self.n_profile).expand(idx.shape[0], -1)
-        else:
-            u = (k + torch.rand(idx.shape[0], self.n_profile, device=x.device)) / self.n_profile
+        u = (k + torch.rand(idx.shape[0], self.n_profile, device=x.device)) / self.n_profile
         t = profile_quantile(self.profile, u)
         return x + t.unsqueeze(-1) * self.slab[self.stack[idx]].unsqueeze(1)
 
