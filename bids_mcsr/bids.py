@@ -103,7 +103,8 @@ class Discovery:
     Attributes
     ----------
     units : list of SubjectSession
-        Units with at least two contrasts, in subject/session order.
+        Units with at least one run, in subject/session order (a unit with one contrast
+        gets single-contrast super-resolution).
     skipped : list of str
         One message per subject/session left out, naming it and the fix.
     """
@@ -233,7 +234,7 @@ def discover(layout, participants: list[str] | None = None,
     Returns
     -------
     Discovery
-        Usable units (two contrasts or more) and messages for the rest.
+        Units with at least one selected run, and a message for each one without.
 
     Raises
     ------
@@ -270,12 +271,10 @@ def discover(layout, participants: list[str] | None = None,
                 query.update(_pybids_filters(filters.get(contrast, {})))
                 files = layout.get(**query)
                 unit.runs.extend(_make_run(f, root) for f in sorted(files, key=lambda f: f.path))
-            if len(unit.contrasts) < 2:
-                found = ", ".join(unit.contrasts) or "no anatomical image"
-                skipped.append(
-                    f"{unit.name}: found {found} among {', '.join(wanted)}; multi-contrast "
-                    "super-resolution needs at least two contrasts (check --contrasts and "
-                    "--bids-filter-file)")
-            else:
+            if unit.runs:
                 units.append(unit)
+            else:
+                skipped.append(
+                    f"{unit.name}: found no anatomical image among {', '.join(wanted)}; "
+                    "check --contrasts and --bids-filter-file")
     return Discovery(units, skipped)

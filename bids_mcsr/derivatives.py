@@ -192,8 +192,12 @@ def staging_dir(output_dir: Path, name: str) -> Path:
     return path
 
 
-def publish(staging: Path, output_dir: Path) -> list[Path]:
-    """Move every staged file to the same relative place in ``output_dir``, then drop staging.
+def publish(staging: Path, output_dir: Path, unit: SubjectSession) -> list[Path]:
+    """Move a unit's staged files into ``output_dir``, replacing its previous outputs whole.
+
+    The staged ``sub-<l>[/ses-<l>]`` directory takes the place of the published one in two
+    renames (the old one is moved aside first, then deleted), so the unit never shows a mix
+    of old and new files; other staged files (the HTML report) are moved one by one.
 
     Parameters
     ----------
@@ -201,13 +205,24 @@ def publish(staging: Path, output_dir: Path) -> list[Path]:
         Directory from ``staging_dir``.
     output_dir : Path
         Output dataset root.
+    unit : SubjectSession
+        The unit staged.
 
     Returns
     -------
     list of Path
         The published files.
     """
-    published = []
+    staged_unit = unit_dir(staging, unit.subject, unit.session)
+    dest_unit = unit_dir(output_dir, unit.subject, unit.session)
+    published = [dest_unit / p.relative_to(staged_unit)
+                 for p in sorted(staged_unit.rglob("*")) if p.is_file()]
+    dest_unit.parent.mkdir(parents=True, exist_ok=True)
+    old = Path(output_dir) / f"{STAGING_PREFIX}old-{unit.name}-{os.getpid()}"
+    if dest_unit.exists():
+        os.replace(dest_unit, old)
+    os.replace(staged_unit, dest_unit)
+    shutil.rmtree(old, ignore_errors=True)
     for src in sorted(p for p in Path(staging).rglob("*") if p.is_file()):
         dest = Path(output_dir) / src.relative_to(staging)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -215,6 +230,31 @@ def publish(staging: Path, output_dir: Path) -> list[Path]:
         published.append(dest)
     shutil.rmtree(staging)
     return published
+
+
+def is_complete(output_dir: Path, unit: SubjectSession) -> bool:
+    """Whether a unit's outputs are published: QC status ``ok`` and a volume per contrast.
+
+    Parameters
+    ----------
+    output_dir : Path
+        Output dataset root.
+    unit : SubjectSession
+        The unit.
+
+    Returns
+    -------
+    bool
+        True when a re-run has nothing to add (unless forced).
+    """
+    base = unit_dir(output_dir, unit.subject, unit.session)
+    try:
+        qc = json.loads((base / "qc" / f"{unit.name}_desc-qc.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return qc.get("status") == "ok" and all(
+        any((base / "anat").glob(f"{unit.name}_res-*_desc-sr_{contrast}.nii.gz"))
+        for contrast in unit.contrasts)
 
 
 def _sidecar(path: Path) -> Path:

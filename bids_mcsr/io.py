@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +12,11 @@ import nibabel as nib
 import numpy as np
 
 from .errors import InputError
+
+log = logging.getLogger("bids_mcsr")
+# sidecar fields that are lists (one value per volume) when a 4D file holds several acquisitions
+_PER_VOLUME_FIELDS = ("EchoTime", "InversionTime", "FlipAngle", "RepetitionTime",
+                      "RepetitionTimeExcitation")
 
 
 @dataclass
@@ -93,16 +100,47 @@ def validate_affine(affine: np.ndarray, path: object) -> np.ndarray:
     return affine
 
 
-def validate_data(data: np.ndarray, path: object) -> np.ndarray:
-    """Return a 3D float32 array, or raise for 2D/4D, non-finite or constant images."""
+def sidecar_of(path: Path) -> dict:
+    """The JSON sidecar next to a NIfTI file (``x.nii.gz`` -> ``x.json``), or ``{}``."""
+    sidecar = path.with_name(path.name.split(".")[0] + ".json")
+    try:
+        content = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return {}
+    return content if isinstance(content, dict) else {}
+
+
+def single_acquisition(metadata: dict) -> bool:
+    """Whether a sidecar describes one acquisition: present, and no field that varies per
+    volume (``EchoTime``, ``InversionTime``, ``FlipAngle``, ``RepetitionTime``) is a list
+    of several values."""
+    return bool(metadata) and not any(
+        isinstance(metadata.get(key), list) and len(set(map(str, metadata[key]))) > 1
+        for key in _PER_VOLUME_FIELDS)
+
+
+def _first_volume(data: np.ndarray, path: object, single: bool) -> np.ndarray:
+    """The 3D volume of a 4D+ array: its only one, or its first if ``single`` acquisition."""
+    n_volumes = int(np.prod(data.shape[3:]))
+    if n_volumes > 1 and not single:
+        raise InputError(path, f"is {data.ndim}D with shape {data.shape}, expected one 3D "
+                         "volume (its JSON sidecar does not describe a single acquisition)",
+                         "split it and give a single 3D volume per run (e.g. fslsplit)")
+    if n_volumes > 1:
+        log.warning("%s: is 4D with %d volumes and its sidecar describes one acquisition; "
+                    "using the first volume only", path, n_volumes)
+    return data.reshape(data.shape[:3] + (n_volumes,))[..., 0]
+
+
+def validate_data(data: np.ndarray, path: object, single: bool = False) -> np.ndarray:
+    """Return a 3D float32 array, or raise for 2D/4D, non-finite or constant images.
+
+    A 4D image gives its first volume when ``single`` (its sidecar describes one
+    acquisition, see :func:`single_acquisition`), and is refused otherwise.
+    """
     data = np.asarray(data)
     if data.ndim > 3:
-        extra = data.shape[3:]
-        if int(np.prod(extra)) == 1:
-            data = data.reshape(data.shape[:3])
-        else:
-            raise InputError(path, f"is {data.ndim}D with shape {data.shape}, expected one 3D volume",
-                             "split it and give a single 3D volume per run (e.g. fslsplit)")
+        data = _first_volume(data, path, single)
     if data.ndim < 3 or min(data.shape) < 2:
         raise InputError(path, f"has shape {data.shape}, expected a 3D volume with at least "
                          "2 voxels along each axis", "give a 3D stack of several slices")
@@ -117,15 +155,62 @@ def validate_data(data: np.ndarray, path: object) -> np.ndarray:
     return data
 
 
+def _rotation_degrees(a: np.ndarray, b: np.ndarray) -> float:
+    """Angle between the direction cosines of two affines."""
+    def unit(m: np.ndarray) -> np.ndarray:
+        u, _, vt = np.linalg.svd(m[:3, :3])
+        return u @ vt
+    cos = (np.trace(unit(a).T @ unit(b)) - 1) / 2
+    return float(np.degrees(np.arccos(np.clip(cos, -1, 1))))
+
+
+def check_qform_sform(img: nib.Nifti1Image, path: object) -> None:
+    """Log a warning when a header's qform and sform are both set but disagree.
+
+    nibabel (and so this app) uses the sform when its code is > 0; the warning says so
+    when the two differ by more than 1 mm anywhere in the field of view or 1 degree.
+    """
+    hdr = img.header
+    if not (int(hdr["sform_code"]) > 0 and int(hdr["qform_code"]) > 0):
+        return
+    with np.errstate(all="ignore"):
+        qform, sform = img.get_qform(), img.get_sform()
+    if not (np.all(np.isfinite(qform)) and np.all(np.isfinite(sform))):
+        return
+    shape = np.asarray(img.shape[:3], float) - 1
+    corners = np.array([[shape[i] * ((k >> i) & 1) for i in range(3)] + [1] for k in range(8)])
+    shift = float(np.abs((corners @ qform.T - corners @ sform.T)[:, :3]).max())
+    try:
+        angle = _rotation_degrees(qform, sform)
+    except np.linalg.LinAlgError:
+        angle = 0.0
+    if shift > 1.0 or angle > 1.0:
+        log.warning("%s: qform and sform differ (up to %.1f mm, %.1f degrees); using the sform "
+                    "(sform_code %d) as nibabel does; fix the header if the qform is right",
+                    path, shift, angle, int(hdr["sform_code"]))
+
+
 def load_stack(path: str | os.PathLike, contrast: str,
-               slice_thickness: float | None = None) -> Stack:
+               slice_thickness: float | None = None, metadata: dict | None = None) -> Stack:
     """Load and validate one NIfTI stack.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        NIfTI file.
+    contrast : str
+        Its BIDS suffix.
+    slice_thickness : float, optional
+        Slice thickness in mm.
+    metadata : dict, optional
+        Its sidecar; default the JSON file next to it, if any. Decides whether a 4D image
+        may be reduced to its first volume.
 
     Raises
     ------
     InputError
-        For missing, unreadable, truncated, 2D/4D, non-finite, constant or
-        singular-affine images.
+        For missing, unreadable, truncated, 2D, 4D (unless one acquisition), non-finite,
+        constant or singular-affine images.
     """
     path = Path(path)
     if not path.is_file():
@@ -140,7 +225,10 @@ def load_stack(path: str | os.PathLike, contrast: str,
                          f"{str(exc).splitlines()[0] if str(exc) else 'corrupt'})",
                          "re-export or re-convert the file") from None
     affine = validate_affine(img.affine, path)
-    data = validate_data(data, path)
+    check_qform_sform(img, path)
+    if data.ndim > 3 and metadata is None:
+        metadata = sidecar_of(path)
+    data = validate_data(data, path, single_acquisition(metadata or {}))
     if slice_thickness is not None and not (np.isfinite(slice_thickness) and slice_thickness > 0):
         raise InputError(path, f"has an invalid SliceThickness {slice_thickness!r}",
                          "fix or remove SliceThickness in the JSON sidecar")

@@ -15,7 +15,7 @@ import numpy as np
 
 from bids_mcsr.errors import InputError
 from bids_mcsr.geometry import Grid, check_overlap, make_output_grid
-from bids_mcsr.io import load_stack
+from bids_mcsr.io import Stack, load_stack
 from bids_mcsr.preprocess import itk_transform_text, n4_correct, register_rigid, save_stack
 from bids_mcsr.superres import SRConfig, super_resolve
 
@@ -124,6 +124,16 @@ def _jsonable(value):
     raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
 
 
+def _note_isotropic(stacks: list[Stack]) -> None:
+    """Say when a contrast's only stack is already isotropic: it is used as it is."""
+    for stack in stacks:
+        alone = sum(s.contrast == stack.contrast for s in stacks) == 1
+        if alone and stack.is_isotropic:
+            sizes = "x".join(f"{v:.2g}" for v in stack.voxel_sizes)
+            log.info("%s: the only %s stack is already isotropic (%s mm); it is used as it "
+                     "is, as a high-resolution input", stack.name, stack.contrast, sizes)
+
+
 def superresolve(in_files: list[str], contrasts: list[str],
                  thicknesses: list[float | None], out_dir: str, config: dict,
                  output_grid: str | None = None) -> dict:
@@ -149,6 +159,7 @@ def superresolve(in_files: list[str], contrasts: list[str],
     out.mkdir(parents=True, exist_ok=True)
     stacks = [load_stack(f, c, t) for f, c, t in zip(in_files, contrasts, thicknesses)]
     check_overlap(stacks)
+    _note_isotropic(stacks)
     sr_config = SRConfig(**config)
     if output_grid:
         ref = nib.load(output_grid)

@@ -88,12 +88,27 @@ def grid_masks(stacks: Sequence[Stack], masks: Sequence[np.ndarray], grid: Grid,
     return out
 
 
+def _point_bytes(n_contrasts: int) -> int:
+    """Activation bytes of one network evaluation (the widest layers, generously)."""
+    return 4 * (3 + 2 * 256 + n_contrasts) * 4
+
+
 def inference_chunk(mem_gb: float | None, n_contrasts: int) -> int:
     """Voxels per inference chunk: 65536, or fewer when ``mem_gb`` is small."""
     if mem_gb is None:
         return 65536
-    per_voxel = 4 * (3 + 2 * 256 + n_contrasts) * 4  # activations of the widest layers, generous
-    return int(np.clip(mem_gb * 2**30 * 0.1 / per_voxel, 4096, 262144))
+    return int(np.clip(mem_gb * 2**30 * 0.1 / _point_bytes(n_contrasts), 4096, 262144))
+
+
+def training_batch(mem_gb: float | None, batch_size: int, n_profile: int,
+                   n_contrasts: int) -> int:
+    """Samples per training batch: ``batch_size``, or fewer so that one step's activations
+    (forward and backward, ``n_profile`` evaluations per sample) stay within 10% of ``mem_gb``.
+    """
+    if mem_gb is None:
+        return batch_size
+    per_sample = 3 * n_profile * _point_bytes(n_contrasts)
+    return int(min(batch_size, max(256, mem_gb * 2**30 * 0.1 / per_sample)))
 
 
 COMPILE_MIN_EVALUATIONS = 100_000_000
@@ -154,7 +169,11 @@ def super_resolve(stacks: Sequence[Stack], config: SRConfig = SRConfig(), grid: 
     log.info("training %s model on %d samples of %s (%s), output grid %s at %.2f mm",
              spec.name, len(samples), "/".join(contrasts), describe(device), grid.shape,
              float(grid.spacing[0]))
-    tcfg = TrainConfig(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr,
+    batch_size = training_batch(config.mem_gb, spec.batch_size, samples.n_profile, len(contrasts))
+    if batch_size < spec.batch_size:
+        log.info("--mem-gb %g: training batches of %d samples instead of %d", config.mem_gb,
+                 batch_size, spec.batch_size)
+    tcfg = TrainConfig(epochs=spec.epochs, batch_size=batch_size, lr=spec.lr,
                        background_fraction=config.background_fraction,
                        mi_stopping=config.mi_stopping, seed=config.seed,
                        compile=use_compile(config.compile, len(samples) * samples.n_profile * spec.epochs))

@@ -102,7 +102,7 @@ def _write_unit(tmp_path: Path, raw: Path, unit: SubjectSession) -> Path:
     staging = staging_dir(out, unit.name)
     stage_unit(staging, unit, sr, result, transforms, "T1w", OPTIONS)
     assert not (out / "sub-01").exists()  # nothing visible before publishing
-    publish(staging, out)
+    publish(staging, out, unit)
     assert not staging.exists()
     return out
 

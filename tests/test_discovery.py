@@ -53,7 +53,9 @@ def test_filters_and_contrast_selection(tmp_path):
     assert all("_rec-wre_" in n for n in names if n.endswith("T2w.nii"))
     absent = discover(layout, participants=["01"], contrasts=["T1w", "T2w"],
                       filters={"T2w": {"task": None}})
-    assert absent.units == [] and "found T1w" in absent.skipped[0]
+    assert [u.contrasts for u in absent.units] == [["T1w"]] and absent.skipped == []
+    none = discover(layout, participants=["01"], contrasts=["FLAIR"])
+    assert none.units == [] and "found no anatomical image among FLAIR" in none.skipped[0]
 
 
 def test_sessions(tmp_path):
@@ -63,12 +65,10 @@ def test_sessions(tmp_path):
     assert none.units == [] and "--session-label" in none.skipped[0]
 
 
-def test_single_contrast_subjects_get_a_clear_message(tmp_path):
+def test_single_contrast_subjects_are_kept_for_single_contrast_sr(tmp_path):
     found = discover(_layout("ds114", tmp_path))
-    assert found.units == []
-    assert len(found.skipped) == 4
-    assert found.skipped[0].startswith("sub-01_ses-retest: found T1w")
-    assert "at least two contrasts" in found.skipped[0]
+    assert len(found.units) == 4 and found.skipped == []
+    assert found.units[0].name == "sub-01_ses-retest" and found.units[0].contrasts == ["T1w"]
 
 
 def test_usable_subjects_still_run_beside_unusable_ones(tmp_path):
@@ -77,7 +77,7 @@ def test_usable_subjects_still_run_beside_unusable_ones(tmp_path):
     (root / "sub-02" / "anat").mkdir(parents=True)
     (root / "dataset_description.json").write_text(json.dumps({"Name": "x",
                                                                 "BIDSVersion": "1.10.0"}))
-    for name in ("sub-01/anat/sub-01_T1w", "sub-01/anat/sub-01_FLAIR", "sub-02/anat/sub-02_T1w"):
+    for name in ("sub-01/anat/sub-01_T1w", "sub-01/anat/sub-01_FLAIR", "sub-02/anat/sub-02_bold"):
         (root / f"{name}.nii.gz").touch()
     found = discover(open_layout(root, tmp_path / "db"))
     assert [u.name for u in found.units] == ["sub-01"]

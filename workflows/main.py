@@ -1,7 +1,7 @@
 """``bids-mcsr`` entry point: parse, validate, discover, run each subject, write derivatives.
 
 Exit status: 0 success, 1 a processing failure (each named ``sub-XX: <step>: <message>``),
-2 a usage error.
+2 a usage error, 128 + the signal number (130 SIGINT, 143 SIGTERM) when interrupted.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import json
 import logging
 import re
 import shutil
+import signal
 import sys
+import tempfile
 import time
 import uuid
 from argparse import Namespace
@@ -22,6 +24,7 @@ from bids_mcsr.citation import methods_text
 from bids_mcsr.derivatives import (
     atomic_write,
     init_output_dataset,
+    is_complete,
     publish,
     stage_unit,
     staging_dir,
@@ -29,7 +32,10 @@ from bids_mcsr.derivatives import (
     write_json,
 )
 from bids_mcsr.errors import InputError
+from bids_mcsr.geometry import check_overlap
+from bids_mcsr.io import load_stack
 from bids_mcsr.parser import parse_args, stamp_work_dir
+from bids_mcsr.resources import check_disk, check_memory, estimate
 from bids_mcsr.validator import find_validator, subset_view, validate
 
 log = logging.getLogger("bids_mcsr")
@@ -42,6 +48,30 @@ class StepFailure(Exception):
     def __init__(self, step: str, message: str) -> None:
         self.step, self.message = step, message
         super().__init__(f"{step}: {message}")
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT arrived; raised in the main thread so that every cleanup runs.
+
+    A ``BaseException``, like ``KeyboardInterrupt``, so that no ``except Exception`` (nipype's
+    included) records it as a failed step.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    """Raise ``Interrupted`` once; a second signal gets the default action (stop now)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
+    raise Interrupted(signum)
+
+
+def _install_signal_handlers() -> dict:
+    """Route SIGTERM and SIGINT to ``_on_signal``; return the handlers replaced."""
+    return {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
 
 
 def _setup_logging(logs_dir: Path, run_id: str, verbose: int) -> Path:
@@ -77,14 +107,17 @@ def _run_group(output_dir: Path) -> int:
     return int(run_group(output_dir))
 
 
-def _validate_input(opts: Namespace, subjects: list[str]) -> bool:
+def _validate_input(opts: Namespace, subjects: list[str], run_id: str) -> bool:
     """Run the BIDS validator on the selected subjects; False when it reports errors."""
     if find_validator() is None:
         log.warning("bids-validator-deno is not installed; input validation skipped "
                     "(pip install bids-validator-deno)")
         return True
-    view = subset_view(opts.bids_dir, subjects, opts.work_dir / "validation_view")
-    report = validate(view)
+    view = subset_view(opts.bids_dir, subjects, opts.work_dir / f"validation_view_{run_id}")
+    try:
+        report = validate(view)
+    finally:
+        shutil.rmtree(view, ignore_errors=True)
     for line in report.warnings[:20]:
         log.debug("validator warning: %s", line)
     if report.errors:
@@ -171,6 +204,14 @@ def _step_times(graph) -> dict[str, float]:
     return times
 
 
+def _single_contrast_note(unit: SubjectSession) -> str | None:
+    """The warning of a unit with one contrast, or None."""
+    if len(unit.contrasts) != 1:
+        return None
+    return (f"only one contrast ({unit.contrasts[0]}): single-contrast super-resolution, "
+            "with no other contrast to borrow detail from")
+
+
 def _report(staging: Path, unit: SubjectSession, outputs: dict, opts: Namespace) -> None:
     """Write the unit's HTML report, figures and metrics JSON into ``staging``.
 
@@ -180,6 +221,9 @@ def _report(staging: Path, unit: SubjectSession, outputs: dict, opts: Namespace)
     from bids_mcsr.report import write_subject_report_from_files
 
     registered = outputs["registered"]
+    extra = _run_options(opts)
+    if _single_contrast_note(unit):
+        extra["warning"] = _single_contrast_note(unit)
     try:
         write_subject_report_from_files(
             str(staging), unit.subject, unit.session,
@@ -187,14 +231,28 @@ def _report(staging: Path, unit: SubjectSession, outputs: dict, opts: Namespace)
             [run.contrast for run in unit.runs], [run.slice_thickness for run in unit.runs],
             outputs["reference_index"],
             {key: outputs[key] for key in ("volumes", "mask", "result")},
-            outputs["step_times"], _run_options(opts),
+            outputs["step_times"], extra,
             source_files=[run.path for run in unit.runs])
     except Exception as err:  # the report must not cost the subject its derivatives
         log.error("%s: report: %s: %s", unit.name, type(err).__name__, err)
 
 
+def _check_inputs(unit: SubjectSession, opts: Namespace) -> None:
+    """Load every input, check that they overlap and that the outputs fit on disk and in
+    ``--mem-gb``; raise ``StepFailure("input check", ...)`` naming the file and the fix."""
+    try:
+        stacks = [load_stack(run.path, run.contrast, run.slice_thickness) for run in unit.runs]
+        check_overlap(stacks)
+        need = estimate(stacks, opts.output_resolution, opts.output_grid)
+        check_disk(opts.output_dir, need)
+        check_memory(opts.mem_gb, need, opts.model, unit.runs[0].path)
+    except InputError as err:
+        raise StepFailure("input check", str(err)) from err
+
+
 def _process(unit: SubjectSession, opts: Namespace) -> None:
-    """Run one unit and publish its derivatives, or raise ``StepFailure``."""
+    """Check, run one unit and publish its derivatives, or raise ``StepFailure``."""
+    _check_inputs(unit, opts)
     outputs = _run_workflow(unit, opts)
     staging = staging_dir(opts.output_dir, unit.name)
     try:
@@ -205,7 +263,7 @@ def _process(unit: SubjectSession, opts: Namespace) -> None:
                    result, dict(zip(labels, xfms if isinstance(xfms, list) else [xfms])),
                    labels[outputs["reference_index"]], _run_options(opts))
         _report(staging, unit, outputs, opts)
-        publish(staging, opts.output_dir)
+        publish(staging, opts.output_dir, unit)
     except Exception as err:
         raise StepFailure("derivatives", f"{type(err).__name__}: {err}") from err
     finally:
@@ -213,9 +271,49 @@ def _process(unit: SubjectSession, opts: Namespace) -> None:
 
 
 def _discover(opts: Namespace) -> Discovery:
-    layout = open_layout(opts.bids_dir, opts.work_dir / "bids_db")
-    return discover(layout, opts.participant_label, opts.session_label, opts.contrasts,
-                    opts.filters)
+    """Discover the units; pybids' database goes to a private temporary directory so that
+    parallel jobs sharing a work directory never open each other's."""
+    with tempfile.TemporaryDirectory(prefix="bids_db-", dir=opts.work_dir) as database:
+        layout = open_layout(opts.bids_dir, Path(database))
+        return discover(layout, opts.participant_label, opts.session_label, opts.contrasts,
+                        opts.filters)
+
+
+def _record_failure(unit: SubjectSession, opts: Namespace, err: StepFailure) -> None:
+    """Log a failed unit and write its QC record, unless complete earlier outputs exist:
+    those are kept as they are (a forced re-run that fails does not mix old and new)."""
+    log.error("%s: %s: %s", unit.name, err.step, err.message)
+    if is_complete(opts.output_dir, unit):
+        log.warning("%s: the outputs of an earlier run are kept unchanged", unit.name)
+    else:
+        write_failure(opts.output_dir, unit, str(err))
+
+
+def _run_units(units: list[SubjectSession], opts: Namespace) -> int:
+    """Process every unit (skipping complete ones unless ``--force``); the number failed."""
+    failed = 0
+    for done, unit in enumerate(units, start=1):
+        if not opts.force and is_complete(opts.output_dir, unit):
+            log.info("%s: outputs already complete; skipped (use --force to redo)", unit.name)
+            continue
+        log.info("%s: starting (%d runs: %s)", unit.name, len(unit.runs),
+                 ", ".join(unit.labels()))
+        if _single_contrast_note(unit):
+            log.warning("%s: %s", unit.name, _single_contrast_note(unit))
+        try:
+            _process(unit, opts)
+        except StepFailure as err:
+            failed += 1
+            _record_failure(unit, opts, err)
+            if opts.stop_on_first_crash:
+                break
+            continue
+        except Interrupted as stop:
+            log.error("%s: interrupted by %s; no derivative written; re-run with the same "
+                      "-w/--work-dir to resume", unit.name, stop)
+            raise
+        log.info("%s: done (%d/%d subjects/sessions)", unit.name, done, len(units))
+    return failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     Returns
     -------
     int
-        0 success, 1 a processing failure, 2 a usage error.
+        0 success, 1 a processing failure (or a subject skipped), 2 a usage error,
+        128 + signal number when interrupted by SIGINT (130) or SIGTERM (143).
     """
     try:
         opts = parse_args(argv)
@@ -237,7 +336,20 @@ def main(argv: list[str] | None = None) -> int:
         return int(stop.code or 0)
     if opts.analysis_level == "group":
         return _run_group(opts.output_dir)
+    previous = _install_signal_handlers()
+    try:
+        return _participant(opts)
+    except Interrupted as stop:
+        print(f"bids-mcsr: interrupted by {stop}; no derivative of the unfinished subject was "
+              "written; re-run with the same -w/--work-dir to resume", file=sys.stderr)
+        return 128 + stop.signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
+
+def _participant(opts: Namespace) -> int:
+    """The participant level: discover, validate, process every unit; the exit status."""
     run_id = time.strftime("%Y%m%d-%H%M%S") + "_" + uuid.uuid4().hex[:6]
     stamp_work_dir(opts.work_dir)
     init_output_dataset(opts.output_dir, opts.bids_dir)
@@ -249,35 +361,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         found = _discover(opts)
     except InputError as err:
-        print(f"bids-mcsr: error: {err}", file=sys.stderr)
+        log.error("%s", err)
         return 2
     for message in found.skipped:
         log.warning("skipped %s", message)
     if not found.units:
-        log.error("no subject/session has two or more usable contrasts; nothing to do")
+        log.error("no subject/session has a usable anatomical image; nothing to do")
         return 1
     subjects = sorted({unit.subject for unit in found.units})
-    if not opts.skip_bids_validation and not _validate_input(opts, subjects):
+    if not opts.skip_bids_validation and not _validate_input(opts, subjects, run_id):
         return 1
-
-    failed = 0
-    for done, unit in enumerate(found.units, start=1):
-        log.info("%s: starting (%d runs: %s)", unit.name, len(unit.runs),
-                 ", ".join(unit.labels()))
-        try:
-            _process(unit, opts)
-        except StepFailure as err:
-            failed += 1
-            write_failure(opts.output_dir, unit, str(err))
-            log.error("%s: %s: %s", unit.name, err.step, err.message)
-            if opts.stop_on_first_crash:
-                break
-            continue
-        log.info("%s: done (%d/%d subjects/sessions)", unit.name, done, len(found.units))
+    failed = _run_units(found.units, opts)
     if failed:
         log.error("%d of %d subjects/sessions failed; see %s", failed, len(found.units), logs)
-        return 1
-    return 0
+    return 1 if failed or found.skipped else 0
 
 
 if __name__ == "__main__":
