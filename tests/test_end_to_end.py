@@ -56,11 +56,11 @@ def test_failed_subject_is_reported_and_others_finish(run, first):
     assert not (out / "sub-02" / "anat").exists()
     failed = json.loads((out / "sub-02/qc/sub-02_desc-qc.json").read_text())
     assert failed["status"] == "failed"
-    assert failed["error"].startswith("bias correction: ")
+    assert failed["error"].startswith("input check: ")
     assert "sub-02_acq-sag_T2w.nii.gz: is constant" in failed["error"]
     assert not list(out.glob(".staging-*")) and not list(out.rglob(".tmp-*"))
     log = next((out / "logs").glob("bids-mcsr_*.log")).read_text()
-    assert "sub-02: bias correction: " in log
+    assert "sub-02: input check: " in log
 
 
 def test_outputs_content(run, first):
@@ -106,5 +106,5 @@ def test_rerun_reuses_the_work_directory(run, first):
     results = list((root / "work" / "nipype").rglob("superres/result_superres.pklz"))
     assert len(results) == 1
     before = results[0].stat().st_mtime
-    assert main(argv + ["--participant-label", "01"]) == 0
+    assert main(argv + ["--participant-label", "01", "--force"]) == 0
     assert results[0].stat().st_mtime == before
