@@ -12,6 +12,9 @@ from .errors import InputError
 from .io import Stack
 
 
+MAX_GRID_VOXELS = 2**31  # beyond this an output grid is a header error, not a head
+
+
 @dataclass(frozen=True)
 class Grid:
     """A voxel grid in scanner space: a shape and a voxel-to-world affine."""
@@ -42,11 +45,23 @@ def voxel_centres_chunk(shape: Sequence[int], affine: np.ndarray, start: int, st
 
 
 def stack_corners(stack: Stack) -> np.ndarray:
-    """World coordinates of the 8 outer corners of a stack's field of view."""
+    """World coordinates of the 8 outer corners of a stack's field of view.
+
+    Raises
+    ------
+    InputError
+        When the affine sends a corner to a non-finite coordinate.
+    """
     lo = -0.5 * np.ones(3)
     hi = np.asarray(stack.data.shape, float) - 0.5
     corners = np.array([[hi[i] if (k >> i) & 1 else lo[i] for i in range(3)] for k in range(8)])
-    return apply_affine(stack.affine, corners)
+    with np.errstate(all="ignore"):
+        world = apply_affine(stack.affine, corners)
+    if not np.all(np.isfinite(world)):
+        raise InputError(stack.path or stack.name, "the affine places the field of view at "
+                         "non-finite coordinates", "fix the header's sform/qform (e.g. "
+                         "reconvert from DICOM with dcm2niix)")
+    return world
 
 
 def direction_cosines(affine: np.ndarray) -> np.ndarray:
@@ -71,7 +86,10 @@ class CoordinateFrame:
     def from_stacks(cls, stacks: Sequence[Stack]) -> "CoordinateFrame":
         pts = np.concatenate([stack_corners(s) for s in stacks])
         lo, hi = pts.min(axis=0), pts.max(axis=0)
-        return cls(centre=(lo + hi) / 2, half_extent_mm=float((hi - lo).max() / 2))
+        half = float((hi - lo).max() / 2)
+        if not (np.isfinite(half) and half > 0):
+            raise ValueError(f"the stacks span no finite volume (half extent {half} mm)")
+        return cls(centre=(lo + hi) / 2, half_extent_mm=half)
 
     def normalise(self, world: np.ndarray) -> np.ndarray:
         return ((np.asarray(world) - self.centre) / self.half_extent_mm).astype(np.float32)
@@ -102,7 +120,12 @@ def make_output_grid(stacks: Sequence[Stack], spacing: float | None = None,
     pts = np.concatenate([stack_corners(s) for s in stacks])
     local = pts @ rot  # coordinates along the grid axes
     lo, hi = local.min(axis=0), local.max(axis=0)
-    shape = tuple(int(n) for n in np.maximum(np.ceil((hi - lo) / spacing - 1e-6), 1))
+    with np.errstate(all="ignore"):
+        counts = np.maximum(np.ceil((hi - lo) / spacing - 1e-6), 1)
+    if not (np.all(np.isfinite(counts)) and float(np.prod(counts)) <= MAX_GRID_VOXELS):
+        raise ValueError(f"an output grid of {counts} voxels at {spacing:g} mm is too large; "
+                         "use a coarser --output-resolution and check that the stacks overlap")
+    shape = tuple(int(n) for n in counts)
     first_centre_local = lo + spacing / 2
     affine = np.eye(4)
     affine[:3, :3] = rot * spacing

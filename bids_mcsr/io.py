@@ -173,8 +173,13 @@ def check_qform_sform(img: nib.Nifti1Image, path: object) -> None:
     hdr = img.header
     if not (int(hdr["sform_code"]) > 0 and int(hdr["qform_code"]) > 0):
         return
-    with np.errstate(all="ignore"):
-        qform, sform = img.get_qform(), img.get_sform()
+    try:
+        with np.errstate(all="ignore"):
+            qform, sform = img.get_qform(), img.get_sform()
+    except ValueError as err:  # e.g. quaternion parameters that are not a rotation
+        log.warning("%s: the qform is invalid (%s); using the sform (sform_code %d)",
+                    path, err, int(hdr["sform_code"]))
+        return
     if not (np.all(np.isfinite(qform)) and np.all(np.isfinite(sform))):
         return
     shape = np.asarray(img.shape[:3], float) - 1

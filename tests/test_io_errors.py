@@ -1,6 +1,8 @@
 """Bad inputs raise one-line InputErrors that name the file and the fix."""
 
 import gzip
+import json
+import logging
 
 import nibabel as nib
 import numpy as np
@@ -77,3 +79,40 @@ def test_corrupt_truncated_and_not_nifti(tmp_path):
         f.write(b"this is a text file, not an image" * 20)
     check_error(fake, "is not a readable NIfTI")
     check_error(tmp_path / "missing_T1w.nii.gz", "does not exist")
+
+
+def test_4d_single_acquisition_uses_the_first_volume(tmp_path):
+    data = good((8, 9, 4, 3))
+    path = save(tmp_path, data, name="rep_T1w.nii.gz")
+    (tmp_path / "rep_T1w.json").write_text(json.dumps({"EchoTime": 0.003, "FlipAngle": 9}))
+    stack = load_stack(path, "T1w")
+    assert np.array_equal(stack.data, data[..., 0])
+    (tmp_path / "rep_T1w.json").write_text(json.dumps({"EchoTime": [0.003, 0.006, 0.009]}))
+    check_error(path, "does not describe a single acquisition")
+    assert load_stack(path, "T1w", metadata={"RepetitionTime": 2.0}).data.shape == (8, 9, 4)
+
+
+def _with_forms(tmp_path, name, qform, sform):
+    img = nib.Nifti1Image(good(), sform)
+    img.set_qform(qform, code=1)
+    img.set_sform(sform, code=2)
+    path = tmp_path / name
+    nib.save(img, str(path))
+    return path
+
+
+def test_qform_sform_disagreement_is_logged_and_the_sform_used(tmp_path, caplog):
+    shifted = np.eye(4)
+    shifted[0, 3] = 5.0
+    logger = logging.getLogger("bids_mcsr")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="bids_mcsr"):
+            stack = load_stack(_with_forms(tmp_path, "q_T1w.nii.gz", np.eye(4), shifted), "T1w")
+            load_stack(_with_forms(tmp_path, "same_T1w.nii.gz", shifted, shifted), "T1w")
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert np.allclose(stack.affine, shifted)
+    assert "q_T1w.nii.gz: qform and sform differ (up to 5.0 mm, 0.0 degrees); using the sform" \
+        in caplog.text
+    assert "same_T1w" not in caplog.text
