@@ -62,15 +62,22 @@ class Interrupted(BaseException):
         super().__init__(signal.Signals(signum).name)
 
 
+# Signals received in this run: nipype turns any exception inside a node, ``Interrupted``
+# included, into a node failure, so the workflow runner checks here.
+_RECEIVED: list[int] = []
+
+
 def _on_signal(signum: int, _frame: object) -> None:
     """Raise ``Interrupted`` once; a second signal gets the default action (stop now)."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
+    _RECEIVED.append(signum)
     raise Interrupted(signum)
 
 
 def _install_signal_handlers() -> dict:
     """Route SIGTERM and SIGINT to ``_on_signal``; return the handlers replaced."""
+    _RECEIVED.clear()
     return {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
 
 
@@ -182,6 +189,8 @@ def _run_workflow(unit: SubjectSession, opts: Namespace) -> dict:
     try:
         graph = wf.run(plugin=plugin, plugin_args=args)
     except Exception as err:  # nipype reports any node failure as RuntimeError
+        if _RECEIVED:
+            raise Interrupted(_RECEIVED[-1]) from err
         raise _crash_reason(crash_dir, err) from err
     # nipype drops IdentityInterface nodes from the executed graph: read the producers.
     nodes = {node.name: node.result.outputs for node in graph.nodes()}

@@ -1,0 +1,79 @@
+"""Real processes: SIGTERM during training, then a re-run; two jobs into one output directory."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bids_mcsr.demo import build_demo
+from tiny_bids import fast_args, tiny_dataset
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _start(bids: Path, out: Path, work: Path, *extra: str, log: Path) -> subprocess.Popen:
+    argv = [sys.executable, str(ROOT / "run.py"), str(bids), str(out), "participant",
+            *fast_args(work), *extra]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log.open("w"), cwd=ROOT)
+
+
+def _wait_for(log: Path, text: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while text not in log.read_text():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < end, log.read_text()
+        time.sleep(0.2)
+
+
+def _complete(out: Path, subject: str, contrasts: tuple[str, ...]) -> None:
+    qc = json.loads((out / f"sub-{subject}/qc/sub-{subject}_desc-qc.json").read_text())
+    assert qc["status"] == "ok"
+    for contrast in contrasts:
+        img = nib.load(out / f"sub-{subject}/anat/sub-{subject}_res-2mm_desc-sr_{contrast}.nii.gz")
+        assert np.all(np.isfinite(img.get_fdata())) and img.get_fdata().std() > 0
+
+
+def test_sigterm_during_training_stops_cleanly_and_a_rerun_completes(tmp_path):
+    bids = build_demo(tmp_path / "bids", thickness=8.0)
+    out, work, log = tmp_path / "out", tmp_path / "work", tmp_path / "stderr.txt"
+    proc = _start(bids, out, work, log=log)
+    _wait_for(log, "training fast model", proc)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert time.monotonic() - sent < 10
+    text = log.read_text()
+    assert "sub-01: interrupted by SIGTERM; no derivative written" in text
+    assert not (out / "sub-01").exists() and not (out / "sub-01.html").exists()
+    assert not list(out.glob(".staging-*")) and not list(out.rglob(".tmp-*"))
+    rerun = _start(bids, out, work, log=log)
+    assert rerun.wait(timeout=300) == 0, log.read_text()
+    _complete(out, "01", ("T1w", "T2w"))
+
+
+def test_parallel_jobs_share_one_output_and_work_directory(tmp_path):
+    subjects = {"01": ("T1w", "T2w"), "02": ("T1w", "T2w"), "03": ("T2w",)}
+    bids = tiny_dataset(tmp_path / "bids", subjects)
+    out, work = tmp_path / "out", tmp_path / "work"
+    procs = [_start(bids, out, work, "--participant-label", s, log=tmp_path / f"{s}.txt")
+             for s in subjects]
+    for subject, proc in zip(subjects, procs):
+        assert proc.wait(timeout=300) == 0, (tmp_path / f"{subject}.txt").read_text()
+    for subject, contrasts in subjects.items():
+        _complete(out, subject, contrasts)
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative"
+    assert (out / ".bidsignore").read_text().startswith("*.html")
+    assert "McGinnis" in (out / "logs" / "CITATION.md").read_text()
+    assert len(list((out / "logs").glob("bids-mcsr_*.log"))) == len(subjects)
+    leftovers = [p for p in (*out.rglob(".*"), *work.glob("bids_db*"))
+                 if p.name != ".bidsignore"]
+    assert leftovers == []
