@@ -188,3 +188,11 @@ def test_an_isotropic_single_stack_is_used_as_is(tmp_path, caplog):
     assert ("iso_T1w.nii.gz: the only T1w stack is already isotropic (2x2x2 mm); it is used "
             "as it is") in caplog.text
     assert "thick_T2w.nii.gz: the only" not in caplog.text
+
+
+def test_an_absurd_output_resolution_is_refused_before_training(tmp_path):
+    bids = tiny_dataset(tmp_path / "bids", {"01": ("T1w", "T2w")})
+    out = tmp_path / "out"
+    assert _main(bids, out, tmp_path / "work", "--output-resolution", "0.0001") == 1
+    line = _line(_log(out), "sub-01: input check: ")
+    assert "is too large; use a coarser --output-resolution" in line

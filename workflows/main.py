@@ -255,7 +255,7 @@ def _check_inputs(unit: SubjectSession, opts: Namespace) -> None:
         need = estimate(stacks, opts.output_resolution, opts.output_grid)
         check_disk(opts.output_dir, need)
         check_memory(opts.mem_gb, need, opts.model, unit.runs[0].path)
-    except InputError as err:
+    except ValueError as err:  # InputError, or a grid that cannot be built
         raise StepFailure("input check", str(err)) from err
 
 
