@@ -230,10 +230,10 @@ def load_stack(path: str | os.PathLike, contrast: str,
                          f"{str(exc).splitlines()[0] if str(exc) else 'corrupt'})",
                          "re-export or re-convert the file") from None
     affine = validate_affine(img.affine, path)
-    check_qform_sform(img, path)
     if data.ndim > 3 and metadata is None:
         metadata = sidecar_of(path)
     data = validate_data(data, path, single_acquisition(metadata or {}))
+    check_qform_sform(img, path)
     if slice_thickness is not None and not (np.isfinite(slice_thickness) and slice_thickness > 0):
         raise InputError(path, f"has an invalid SliceThickness {slice_thickness!r}",
                          "fix or remove SliceThickness in the JSON sidecar")

@@ -75,7 +75,8 @@ def _documented(call, *args):
         return None
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(img=images(), spacing=st.one_of(st.none(), st.floats(-1, 20), SPECIAL),
        offset=st.lists(ENTRY, min_size=3, max_size=3))
 def test_loading_and_geometry_never_crash(tmp_path_factory, img, spacing, offset):
