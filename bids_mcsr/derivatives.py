@@ -21,7 +21,7 @@ from bids_mcsr.bids import SubjectSession
 from bids_mcsr.qc import curves_tsv, qc_record
 
 BIDS_VERSION = "1.10.0"
-BIDSIGNORE = ["*.html", "logs/", "**/figures", "**/qc", "*_xfm.txt"]
+BIDSIGNORE = ["*.html", "logs/", "**/figures", "**/qc", "*_xfm.txt", "group_desc-qc.tsv"]
 STAGING_PREFIX = ".staging-"
 
 

@@ -97,7 +97,11 @@ def test_registration_recovers_the_demo_motion(run, first):
 
 @pytest.mark.skipif(find_validator() is None, reason="bids-validator-deno not installed")
 def test_output_is_valid_bids(run, first):
-    root, _ = run
+    """Valid after the participant level and still after the group level has written into it."""
+    root, argv = run
+    assert validate(root / "out").errors == []
+    assert main(argv[:2] + ["group"]) == 0
+    assert (root / "out" / "group_desc-qc.tsv").is_file()
     assert validate(root / "out").errors == []
 
 
