@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from nibabel.affines import apply_affine
+from nibabel.affines import apply_affine, voxel_sizes
 
 from .errors import InputError
 from .io import Stack
@@ -24,7 +24,7 @@ class Grid:
 
     @property
     def spacing(self) -> np.ndarray:
-        return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+        return voxel_sizes(self.affine)
 
     @property
     def n_voxels(self) -> int:
@@ -66,7 +66,7 @@ def stack_corners(stack: Stack) -> np.ndarray:
 
 def direction_cosines(affine: np.ndarray) -> np.ndarray:
     """The nearest rotation (orthonormal 3x3) to an affine's direction matrix."""
-    m = affine[:3, :3] / np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    m = affine[:3, :3] / voxel_sizes(affine)
     u, _, vt = np.linalg.svd(m)
     return u @ vt
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
+from nibabel.affines import voxel_sizes
 import numpy as np
 
 from .errors import InputError
@@ -51,7 +52,7 @@ class Stack:
 
     @property
     def voxel_sizes(self) -> np.ndarray:
-        return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+        return voxel_sizes(self.affine)
 
     @property
     def through_plane_axis(self) -> int:
@@ -92,7 +93,7 @@ def validate_affine(affine: np.ndarray, path: object) -> np.ndarray:
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
         raise InputError(path, "the affine (sform/qform) has non-finite entries",
                          "fix the header (e.g. reconvert from DICOM with dcm2niix)")
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    zooms = voxel_sizes(affine)
     det = abs(np.linalg.det(affine[:3, :3]))
     if det < 1e-6 * max(float(np.prod(zooms)), 1e-12) or np.any(zooms < 1e-3):
         raise InputError(path, "the affine is singular (zero or collapsed voxel axes)",

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from nibabel.affines import voxel_sizes
 
 from bids_mcsr.io import Stack
 
@@ -39,7 +40,7 @@ def to_ants(stack: Stack):
     import ants
 
     lps = _RAS_LPS @ np.asarray(stack.affine, float)
-    spacing = np.sqrt((lps[:3, :3] ** 2).sum(axis=0))
+    spacing = voxel_sizes(lps)
     direction = lps[:3, :3] / spacing
     return ants.from_numpy(np.ascontiguousarray(stack.data, dtype=np.float32),
                            origin=tuple(lps[:3, 3]), spacing=tuple(spacing),
