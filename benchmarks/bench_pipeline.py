@@ -29,8 +29,10 @@ import torch
 from bids_mcsr.geometry import Grid
 from bids_mcsr.io import Stack
 from bids_mcsr.metrics import cubic_baseline, psnr, ssim
+from bids_mcsr.model import model_spec
 from bids_mcsr.phantom import mni_truth
 from bids_mcsr.preprocess import n4_correct, register_rigid
+from bids_mcsr.resources import Estimate, plan_memory
 from bids_mcsr.simulate import simulate_stack
 from bids_mcsr.superres import SRConfig, super_resolve
 
@@ -91,6 +93,9 @@ def main(argv=None) -> int:
         quality[c] = {"psnr": psnr(sr, vols[c], mask), "ssim": ssim(sr, vols[c], mask),
                       "cubic_psnr": psnr(cub, vols[c], mask), "cubic_ssim": ssim(cub, vols[c], mask)}
     device = res.device
+    n_profile = 1 if a.profile == "none" else SRConfig.profile_samples
+    estimated_gb = plan_memory(Estimate(t1.data.size + t2.data.size, grid.n_voxels, 2),
+                               model_spec(a.model, epochs=a.epochs), n_profile).peak_bytes / 2**30
     print(f"bids-mcsr pipeline benchmark: {a.model} model, profile {a.profile}, device {device}, "
           f"torch {torch.__version__}, python {platform.python_version()}")
     print(f"stacks {t1.data.shape} + {t2.data.shape} -> grid {grid.shape} at 1 mm; "
@@ -99,7 +104,7 @@ def main(argv=None) -> int:
     for k, v in steps.items():
         print(f"{k:<22} {v:8.1f}")
     print(f"{'total':<22} {total:8.1f}")
-    print(f"peak resident memory   {peak_rss_gb():.2f} GB")
+    print(f"peak resident memory   {peak_rss_gb():.2f} GB (estimated up front: {estimated_gb:.2f} GB)")
     print(f"training throughput    {np.mean(rates):.0f} points/s (network evaluations)")
     print(f"inference throughput   {grid.n_voxels / res.timings['inference_s']:.0f} voxels/s")
     print("SR scored after a least-squares linear intensity match to the truth (N4 rescales)")
@@ -112,7 +117,7 @@ def main(argv=None) -> int:
             "device": device, "threads": a.threads, "torch": torch.__version__,
             "python": platform.python_version(), "model": a.model, "profile": a.profile,
             "epochs_run": res.epochs_run, "steps_s": steps, "total_s": total,
-            "peak_rss_gb": peak_rss_gb(), "train_points_per_s": float(np.mean(rates)), "quality": quality, "history": res.history}, indent=1))
+            "peak_rss_gb": peak_rss_gb(), "estimated_peak_gb": estimated_gb, "train_points_per_s": float(np.mean(rates)), "quality": quality, "history": res.history}, indent=1))
     return 0
 
 

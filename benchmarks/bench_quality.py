@@ -82,7 +82,8 @@ def run_inr(args: dict) -> dict:
     _, scalers = stack_masks_and_scalers(stacks[:1])
     scale["T1w"] = (scalers[0].low, scalers[0].high)  # the first (tracked) contrast
     cfg = SRConfig(model=args["model"], slice_profile=args["profile"], epochs=args["epochs"],
-                   mi_stopping=False, seed=0)
+                   mi_stopping=False, seed=0, max_train_seconds=args["seconds"],
+                   finest_mm=args["finest_mm"])
     t0 = time.perf_counter()
     res = super_resolve(stacks, cfg, grid=case.grid, on_epoch_end=track)
     seconds = time.perf_counter() - t0
@@ -117,6 +118,10 @@ def main(argv=None) -> int:
     p.add_argument("--profiles", default="none,gaussian")
     p.add_argument("--epochs", type=int, default=None, help="epochs of the fast model (default: its own)")
     p.add_argument("--paper-epochs", type=int, default=2, help="epochs of the paper model (CPU budget)")
+    p.add_argument("--paper-seconds", type=float, default=None,
+                   help="train the paper model for this many seconds instead of --paper-epochs "
+                        "(equal-time comparisons)")
+    p.add_argument("--finest-mm", type=float, default=None, help="finest hash-grid cell (fast model)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
@@ -130,9 +135,12 @@ def main(argv=None) -> int:
             continue
         kind, model = row.split("-")
         for profile in a.profiles.split(","):
-            epochs = a.paper_epochs if model == "paper" else a.epochs
+            paper = model == "paper"
+            epochs = (None if a.paper_seconds else a.paper_epochs) if paper else a.epochs
             job = {"case": a.case, "resolution": a.resolution, "multi": kind == "multi", "model": model,
-                   "profile": profile, "epochs": epochs, "threads": a.threads}
+                   "profile": profile, "epochs": epochs, "threads": a.threads,
+                   "seconds": a.paper_seconds if paper else None,
+                   "finest_mm": None if paper else a.finest_mm}
             out = run_row(ctx, job, list(case.truth))
             rows.append({"method": f"{kind}-contrast {model}", "profile": profile, **out})
             print_table(a.case, rows[-1:], header=False, flush=True)
@@ -141,6 +149,7 @@ def main(argv=None) -> int:
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         meta = {"case": a.case, "resolution": a.resolution, "threads": a.threads,
+                "paper_seconds": a.paper_seconds, "finest_mm": a.finest_mm,
                 "torch": torch.__version__, "python": platform.python_version(),
                 "machine": platform.machine(), "device": "cpu"}
         a.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -192,12 +195,69 @@ def staging_dir(output_dir: Path, name: str) -> Path:
     return path
 
 
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGTERM and SIGINT until the block ends; they are raised again right after.
+
+    The handlers are swapped rather than the signal mask, because a signal sent to the
+    process may land on any thread (torch's, nipype's) that does not block it. Python runs
+    handlers in the main thread only, so elsewhere the block runs unprotected.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: pending.append(signum))
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in pending:
+            signal.raise_signal(sig)
+
+
+def _set_aside_name(output_dir: Path, unit: SubjectSession) -> Path:
+    return Path(output_dir) / f"{STAGING_PREFIX}old-{unit.name}-{os.getpid()}"
+
+
+def recover_publish(output_dir: Path, unit: SubjectSession) -> str | None:
+    """Repair what a process killed in the middle of :func:`publish` left behind.
+
+    A unit's previous outputs set aside (``.staging-old-<unit>-<pid>``) are moved back when
+    no published directory replaced them, and deleted when one did; a left-over staging
+    directory of the unit is deleted.
+
+    Returns
+    -------
+    str or None
+        What was done, for the log; None when there was nothing to repair.
+    """
+    pattern = re.compile(rf"{re.escape(STAGING_PREFIX)}old-{re.escape(unit.name)}-\d+")
+    set_aside = sorted((p for p in Path(output_dir).glob(f"{STAGING_PREFIX}old-*")
+                        if pattern.fullmatch(p.name)), key=lambda p: p.stat().st_mtime)
+    shutil.rmtree(Path(output_dir) / f"{STAGING_PREFIX}{unit.name}", ignore_errors=True)
+    if not set_aside:
+        return None
+    dest_unit = unit_dir(output_dir, unit.subject, unit.session)
+    action = "removed the previous outputs left set aside"
+    if not dest_unit.exists():
+        os.replace(set_aside.pop(), dest_unit)
+        action = "restored the previous outputs set aside by an interrupted re-run"
+    for path in set_aside:
+        shutil.rmtree(path, ignore_errors=True)
+    return action
+
+
 def publish(staging: Path, output_dir: Path, unit: SubjectSession) -> list[Path]:
     """Move a unit's staged files into ``output_dir``, replacing its previous outputs whole.
 
     The staged ``sub-<l>[/ses-<l>]`` directory takes the place of the published one in two
     renames (the old one is moved aside first, then deleted), so the unit never shows a mix
     of old and new files; other staged files (the HTML report) are moved one by one.
+    SIGTERM/SIGINT are held until all of it is done; a harder kill between the renames is
+    repaired by :func:`recover_publish` on the next run.
 
     Parameters
     ----------
@@ -218,17 +278,18 @@ def publish(staging: Path, output_dir: Path, unit: SubjectSession) -> list[Path]
     published = [dest_unit / p.relative_to(staged_unit)
                  for p in sorted(staged_unit.rglob("*")) if p.is_file()]
     dest_unit.parent.mkdir(parents=True, exist_ok=True)
-    old = Path(output_dir) / f"{STAGING_PREFIX}old-{unit.name}-{os.getpid()}"
-    if dest_unit.exists():
-        os.replace(dest_unit, old)
-    os.replace(staged_unit, dest_unit)
-    shutil.rmtree(old, ignore_errors=True)
-    for src in sorted(p for p in Path(staging).rglob("*") if p.is_file()):
-        dest = Path(output_dir) / src.relative_to(staging)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dest)
-        published.append(dest)
-    shutil.rmtree(staging)
+    old = _set_aside_name(output_dir, unit)
+    with signals_held():
+        if dest_unit.exists():
+            os.replace(dest_unit, old)
+        os.replace(staged_unit, dest_unit)
+        for src in sorted(p for p in Path(staging).rglob("*") if p.is_file()):
+            dest = Path(output_dir) / src.relative_to(staging)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)
+            published.append(dest)
+        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(staging)
     return published
 
 

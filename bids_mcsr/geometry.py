@@ -37,11 +37,15 @@ def voxel_centres(shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
     return apply_affine(affine, idx)
 
 
+def voxel_centres_at(shape: Sequence[int], affine: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """World coordinates of the voxels at flat (C order) indices ``flat`` of a grid."""
+    idx = np.stack(np.unravel_index(np.asarray(flat), tuple(shape)), axis=1).astype(np.float64)
+    return apply_affine(affine, idx)
+
+
 def voxel_centres_chunk(shape: Sequence[int], affine: np.ndarray, start: int, stop: int) -> np.ndarray:
     """World coordinates of voxels ``start:stop`` (flat C order) of a grid."""
-    flat = np.arange(start, stop)
-    idx = np.stack(np.unravel_index(flat, tuple(shape)), axis=1).astype(np.float64)
-    return apply_affine(affine, idx)
+    return voxel_centres_at(shape, affine, np.arange(start, stop))
 
 
 def stack_corners(stack: Stack) -> np.ndarray:
@@ -113,8 +117,8 @@ def make_output_grid(stacks: Sequence[Stack], spacing: float | None = None,
     """
     if spacing is None:
         spacing = float(min(s.voxel_sizes.min() for s in stacks))
-    if not spacing > 0:
-        raise ValueError(f"output spacing must be positive, got {spacing}")
+    if not (np.isfinite(spacing) and spacing > 0):
+        raise ValueError(f"output spacing must be a positive number of mm, got {spacing}")
     ref = stacks[pick_reference(stacks) if reference is None else reference]
     rot = direction_cosines(ref.affine)
     pts = np.concatenate([stack_corners(s) for s in stacks])

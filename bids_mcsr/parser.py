@@ -7,6 +7,7 @@ that says what to change; nothing is read beyond headers and small JSON files he
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 
@@ -27,8 +28,8 @@ def _positive_int(text: str) -> int:
 
 def _positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
     return value
 
 

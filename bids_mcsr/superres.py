@@ -12,10 +12,11 @@ import numpy as np
 import torch
 
 from .device import describe, select_device
-from .geometry import CoordinateFrame, Grid, check_overlap, make_output_grid, voxel_centres
+from .geometry import CoordinateFrame, Grid, check_overlap, make_output_grid, voxel_centres_at
 from .infer import predict_grid
 from .metrics import resample_to_grid
 from .model import build_model, model_spec
+from .resources import Estimate, plan_memory
 from .sampling import build_samples, stack_masks_and_scalers
 from .slice_profile import PROFILES
 from .train import TrainConfig, train
@@ -43,6 +44,8 @@ class SRConfig:
     background_fraction: float = 0.2
     mi_points: int = 20000
     compile: bool | None = None
+    max_train_seconds: float | None = None
+    finest_mm: float | None = None
 
 
 @dataclass
@@ -88,29 +91,6 @@ def grid_masks(stacks: Sequence[Stack], masks: Sequence[np.ndarray], grid: Grid,
     return out
 
 
-def _point_bytes(n_contrasts: int) -> int:
-    """Activation bytes of one network evaluation (the widest layers, generously)."""
-    return 4 * (3 + 2 * 256 + n_contrasts) * 4
-
-
-def inference_chunk(mem_gb: float | None, n_contrasts: int) -> int:
-    """Voxels per inference chunk: 65536, or fewer when ``mem_gb`` is small."""
-    if mem_gb is None:
-        return 65536
-    return int(np.clip(mem_gb * 2**30 * 0.1 / _point_bytes(n_contrasts), 4096, 262144))
-
-
-def training_batch(mem_gb: float | None, batch_size: int, n_profile: int,
-                   n_contrasts: int) -> int:
-    """Samples per training batch: ``batch_size``, or fewer so that one step's activations
-    (forward and backward, ``n_profile`` evaluations per sample) stay within 10% of ``mem_gb``.
-    """
-    if mem_gb is None:
-        return batch_size
-    per_sample = 3 * n_profile * _point_bytes(n_contrasts)
-    return int(min(batch_size, max(256, mem_gb * 2**30 * 0.1 / per_sample)))
-
-
 COMPILE_MIN_EVALUATIONS = 100_000_000
 
 
@@ -152,6 +132,10 @@ def super_resolve(stacks: Sequence[Stack], config: SRConfig = SRConfig(), grid: 
     grid = grid or make_output_grid(stacks, config.output_spacing)
     frame = CoordinateFrame.from_stacks(stacks)
     spec = model_spec(config.model, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr)
+    if config.finest_mm is not None:
+        if spec.encoding != "hashgrid":
+            raise ValueError(f"finest_mm applies to hash-grid models, not {config.model!r}")
+        spec.encoding_args = {**spec.encoding_args, "finest_mm": float(config.finest_mm)}
 
     masks, scalers = stack_masks_and_scalers(stacks)
     samples = build_samples(stacks, contrasts, frame, scalers, masks, config.slice_profile,
@@ -163,24 +147,27 @@ def super_resolve(stacks: Sequence[Stack], config: SRConfig = SRConfig(), grid: 
     rng = np.random.default_rng(config.seed)
     flat = np.flatnonzero(mi_region.ravel())
     chosen = np.sort(rng.choice(flat, min(config.mi_points, flat.size), replace=False))
-    mi_coords = frame.normalise(voxel_centres(grid.shape, grid.affine)[chosen]) if chosen.size else None
+    mi_coords = frame.normalise(voxel_centres_at(grid.shape, grid.affine, chosen)) if chosen.size else None
 
     model = build_model(spec, len(contrasts), extent_mm=2 * frame.half_extent_mm, seed=config.seed)
     log.info("training %s model on %d samples of %s (%s), output grid %s at %.2f mm",
              spec.name, len(samples), "/".join(contrasts), describe(device), grid.shape,
              float(grid.spacing[0]))
-    batch_size = training_batch(config.mem_gb, spec.batch_size, samples.n_profile, len(contrasts))
+    plan = plan_memory(Estimate(len(samples), grid.n_voxels, len(contrasts)), spec,
+                       samples.n_profile, config.mem_gb)
+    batch_size = plan.batch_size
     if batch_size < spec.batch_size:
         log.info("--mem-gb %g: training batches of %d samples instead of %d", config.mem_gb,
                  batch_size, spec.batch_size)
     tcfg = TrainConfig(epochs=spec.epochs, batch_size=batch_size, lr=spec.lr,
                        background_fraction=config.background_fraction,
                        mi_stopping=config.mi_stopping, seed=config.seed,
+                       max_seconds=config.max_train_seconds,
                        compile=use_compile(config.compile, len(samples) * samples.n_profile * spec.epochs))
     t_train = time.perf_counter()
     hist = train(model, samples, contrasts, tcfg, device, mi_coords, progress, on_epoch_end)
     t_infer = time.perf_counter()
-    pred = predict_grid(model, frame, grid, device, inference_chunk(config.mem_gb, len(contrasts)))
+    pred = predict_grid(model, frame, grid, device, plan.chunk)
     # map each contrast back to the intensity scale of its first stack
     volumes = {}
     for i, c in enumerate(contrasts):
@@ -191,6 +178,7 @@ def super_resolve(stacks: Sequence[Stack], config: SRConfig = SRConfig(), grid: 
     settings = {"model": spec.to_dict(), "slice_profile": config.slice_profile,
                 "profile_samples": config.profile_samples, "seed": config.seed,
                 "background_fraction": config.background_fraction, "compiled": tcfg.compile,
+                "max_train_seconds": config.max_train_seconds,
                 "mi_stopping": {"enabled": config.mi_stopping, "window": tcfg.mi_window,
                                 "tolerance_nats": tcfg.mi_tolerance, "min_epochs": tcfg.min_epochs},
                 "output_spacing_mm": float(grid.spacing[0]),

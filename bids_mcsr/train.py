@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -24,6 +25,9 @@ class TrainConfig:
     ``background_fraction`` of the background voxels join each epoch (all foreground
     voxels do). MI early stopping needs at least ``min_epochs`` and stops when
     :func:`~bids_mcsr.mi_stopping.mi_plateaued` with ``mi_window``/``mi_tolerance``.
+    With ``max_seconds`` training stops once that much wall time is spent (mid-epoch if
+    need be) and the cosine learning-rate schedule runs over time instead of steps, so
+    models can be compared at equal time.
     """
 
     epochs: int = 16
@@ -37,6 +41,7 @@ class TrainConfig:
     min_steps_per_epoch: int = 200
     compile: bool = False
     seed: int = 0
+    max_seconds: float | None = None
 
     def effective_batch_size(self, n_epoch_samples: int) -> int:
         """``batch_size``, reduced (not below 512) so that small subjects still get
@@ -100,13 +105,22 @@ def train(model: torch.nn.Module, samples: TrainingSamples, contrasts: list[str]
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(
         opt, T_max=max(1, config.epochs * steps_per_epoch), eta_min=config.lr * 0.01)
     t0 = time.perf_counter()
+    out_of_time = False
     for epoch in range(1, config.epochs + 1):
         model.train()
         order = torch.from_numpy(samples.epoch_indices(rng, config.background_fraction)).to(device)
         sums = torch.zeros(n_c, device=device)
         counts = torch.zeros(n_c, device=device)
         t_epoch = time.perf_counter()
+        steps_done = 0
         for step in range(steps_per_epoch):
+            if config.max_seconds is not None:
+                spent = (time.perf_counter() - t0) / config.max_seconds
+                if spent >= 1.0:
+                    out_of_time = True
+                    break
+                for group in opt.param_groups:
+                    group["lr"] = config.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * spent)))
             idx = order[step * batch_size:(step + 1) * batch_size]
             try:
                 loss, s, n = _batch_loss(forward, samples, idx, n_c)
@@ -120,9 +134,13 @@ def train(model: torch.nn.Module, samples: TrainingSamples, contrasts: list[str]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
+            if config.max_seconds is None:
+                sched.step()
             sums += s
             counts += n
+            steps_done += 1
+        if out_of_time and steps_done == 0:
+            break
         model.eval()
         per_c = (sums / counts.clamp(min=1)).cpu().numpy()
         for name, value in zip(contrasts, per_c):
@@ -133,7 +151,7 @@ def train(model: torch.nn.Module, samples: TrainingSamples, contrasts: list[str]
         hist.epoch.append(epoch)
         hist.mi.append(mi)
         hist.seconds.append(time.perf_counter() - t0)
-        n_points = steps_per_epoch * batch_size * samples.n_profile
+        n_points = steps_done * batch_size * samples.n_profile
         info = {"epoch": epoch, "epochs": config.epochs,
                 "loss": {c: float(v) for c, v in zip(contrasts, per_c)}, "mi": mi,
                 "seconds": hist.seconds[-1],
@@ -146,6 +164,11 @@ def train(model: torch.nn.Module, samples: TrainingSamples, contrasts: list[str]
         if on_epoch_end is not None:
             on_epoch_end(epoch, model)
         hist.stopped_epoch = epoch
+        if out_of_time:
+            hist.stopped_early = epoch < config.epochs
+            log.info("time budget of %.0f s spent: stopping in epoch %d after %d of %d steps",
+                     config.max_seconds, epoch, steps_done, steps_per_epoch)
+            break
         mi_values = [m for m in hist.mi if m is not None]
         if (config.mi_stopping and epoch >= config.min_epochs and epoch < config.epochs
                 and mi_plateaued(mi_values, config.mi_window, config.mi_tolerance)):

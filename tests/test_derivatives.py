@@ -1,6 +1,8 @@
 """Derivative names, sidecars, dataset-level files, atomic writes, QC tables."""
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import nibabel as nib
@@ -15,6 +17,7 @@ from bids_mcsr.derivatives import (
     dataset_description,
     init_output_dataset,
     publish,
+    recover_publish,
     res_label,
     stage_unit,
     staging_dir,
@@ -131,6 +134,59 @@ def test_staged_unit_names_and_sidecars(tmp_path, raw, unit):
     assert qc["per_contrast"]["T2w"]["final_loss"] == 0.2
     curves = (out / "sub-01/ses-a/qc/sub-01_ses-a_desc-training_curves.tsv").read_text()
     assert curves.splitlines()[0] == "epoch\tloss_T1w\tloss_T2w\tmi\tseconds"
+
+
+class _Stop(BaseException):
+    pass
+
+
+def _raise_stop(signum, frame):
+    raise _Stop()
+
+
+def test_a_sigterm_during_the_swap_waits_until_the_unit_is_whole(tmp_path, raw, unit, monkeypatch):
+    out = _write_unit(tmp_path, raw, unit)  # a published unit that a forced re-run replaces
+    sr, result, transforms = _fit_outputs(tmp_path / "fit2")
+    staging = staging_dir(out, unit.name)
+    stage_unit(staging, unit, sr, result, transforms, "T1w", dict(OPTIONS, seed=4))
+    real_replace = os.replace
+    calls = []
+
+    def replace_then_signal(src, dst):  # SIGTERM arrives between the two renames
+        real_replace(src, dst)
+        calls.append(dst)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr("bids_mcsr.derivatives.os.replace", replace_then_signal)
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        with pytest.raises(_Stop):
+            publish(staging, out, unit)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert len(calls) >= 2  # the signal was held until both renames were done
+    sidecar = out / "sub-01/ses-a/anat/sub-01_ses-a_res-1mm_desc-sr_T1w.json"
+    assert json.loads(sidecar.read_text())["Seed"] == 4
+    assert not list(out.glob(".staging-*"))
+
+
+def test_a_kill_between_the_renames_is_repaired_by_the_next_run(tmp_path, raw, unit):
+    out = _write_unit(tmp_path, raw, unit)
+    assert recover_publish(out, unit) is None
+    before = sorted(p.relative_to(out / "sub-01") for p in (out / "sub-01").rglob("*"))
+    os.replace(out / "sub-01" / "ses-a", out / f".staging-old-{unit.name}-123")  # killed here
+    other = out / ".staging-old-sub-01_ses-ab-7"  # another unit's: not touched
+    other.mkdir()
+    assert recover_publish(out, unit) == ("restored the previous outputs set aside by an "
+                                          "interrupted re-run")
+    assert sorted(p.relative_to(out / "sub-01") for p in (out / "sub-01").rglob("*")) == before
+    assert [p.name for p in out.glob(".staging-*")] == [other.name]
+    (out / f".staging-old-{unit.name}-456").mkdir()  # killed after the second rename
+    (out / f".staging-{unit.name}").mkdir()
+    assert recover_publish(out, unit) == "removed the previous outputs left set aside"
+    assert sorted(p.relative_to(out / "sub-01") for p in (out / "sub-01").rglob("*")) == before
+    assert [p.name for p in out.glob(".staging-*")] == [other.name]
 
 
 def test_failure_record(tmp_path, unit):

@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 
 from bids_mcsr.geometry import CoordinateFrame, check_overlap, make_output_grid
 from bids_mcsr.io import load_stack
+from bids_mcsr.model import model_spec
+from bids_mcsr.resources import Estimate, plan_memory
 
 SPECIAL = st.sampled_from([0.0, -0.0, 1e-9, 1e12, np.nan, np.inf, -np.inf])
 ENTRY = st.one_of(st.floats(-50, 50, allow_nan=False), st.floats(-50, 50, allow_nan=False),
@@ -98,3 +100,47 @@ def _translation(offset: list[float]) -> np.ndarray:
     shift[:3, 3] = offset
     return shift
 
+
+
+@st.composite
+def valid_images(draw):
+    """Images that load: 3D, finite varied data, a plausible affine in both sform and qform."""
+    shape = draw(st.tuples(SIZE, SIZE, SIZE))
+    data = np.random.default_rng(draw(st.integers(0, 9))).random(shape).astype(np.float32)
+    sform = np.eye(4)
+    angles = draw(st.lists(st.floats(-np.pi, np.pi), min_size=3, max_size=3))
+    rotation = nib.eulerangles.euler2mat(*angles)
+    sform[:3, :3] = rotation * np.array(draw(st.lists(st.floats(0.05, 20), min_size=3,
+                                                      max_size=3)))
+    sform[:3, 3] = draw(st.lists(st.floats(-1e4, 1e4), min_size=3, max_size=3))
+    img = nib.Nifti1Image(data, sform)
+    img.set_sform(sform, code=1)
+    img.set_qform(sform, code=draw(st.sampled_from([0, 1])))
+    return img
+
+
+@settings(max_examples=100, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(img=valid_images(), other=valid_images(),
+       spacing=st.one_of(st.none(), st.floats(-1, 20), SPECIAL),
+       offset=st.lists(st.one_of(st.floats(-100, 100), ENTRY), min_size=3, max_size=3))
+def test_every_loadable_image_reaches_the_geometry_code(tmp_path_factory, img, other, spacing,
+                                                         offset):
+    """Unlike the test above, every example gets past loading (asserted): the grid,
+    overlap, frame and memory-plan code sees every pair of plausible stacks."""
+    folder = tmp_path_factory.mktemp("fuzz")
+    stacks = []
+    for name, image in (("sub-01_acq-a_T1w.nii.gz", img), ("sub-01_acq-b_T2w.nii.gz", other)):
+        nib.save(image, str(folder / name))
+        stacks.append(load_stack(folder / name, name.split("_")[-1][:3]))
+    stacks.append(stacks[0].with_affine(stacks[0].affine @ _translation(offset)))
+    grid = _documented(make_output_grid, stacks, spacing)
+    if grid is not None:
+        assert grid.n_voxels > 0 and np.all(np.isfinite(grid.affine))
+        need = Estimate(sum(s.data.size for s in stacks), grid.n_voxels, 2)
+        assert plan_memory(need, model_spec("fast"), 5, mem_gb=4).peak_bytes > 0
+    _documented(check_overlap, stacks)
+    frame = _documented(CoordinateFrame.from_stacks, stacks)
+    if frame is not None:
+        assert np.isfinite(frame.half_extent_mm) and frame.half_extent_mm > 0
+        assert np.all(np.abs(frame.normalise(stacks[0].affine[:3, 3][None])) <= 1.0 + 1e-6)

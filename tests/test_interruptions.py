@@ -77,3 +77,45 @@ def test_parallel_jobs_share_one_output_and_work_directory(tmp_path):
     leftovers = [p for p in (*out.rglob(".*"), *work.glob("bids_db*"))
                  if p.name != ".bidsignore"]
     assert leftovers == []
+
+
+def _busy_children(pid: int) -> list[int]:
+    """Child processes of ``pid`` that have used more than half a second of CPU."""
+    kids = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    busy = []
+    for kid in kids:
+        try:
+            fields = Path(f"/proc/{kid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[11]) > 0.5 * os.sysconf("SC_CLK_TCK"):  # utime
+            busy.append(int(kid))
+    return busy
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_sigterm_with_parallel_workers_kills_them_at_once(tmp_path):
+    """--nprocs 2 runs N4 in worker processes; the run must not wait for them (N4 of a
+    1 mm stack takes over 10 s) and a re-run redoes the killed node."""
+    bids = build_demo(tmp_path / "bids", thickness=4.0, resolution=1)
+    out, work, log = tmp_path / "out", tmp_path / "work", tmp_path / "stderr.txt"
+    argv = [sys.executable, str(ROOT / "run.py"), str(bids), str(out), "participant",
+            "-w", str(work), "--nprocs", "2", "--omp-nthreads", "1", "--device", "cpu",
+            "--registration", "none", "--skip-bids-validation"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log.open("w"), cwd=ROOT,
+                            start_new_session=True)
+    end = time.monotonic() + 120
+    while not (workers := _busy_children(proc.pid)):
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < end, log.read_text()
+        time.sleep(0.2)
+    sent = time.monotonic()
+    os.killpg(proc.pid, signal.SIGTERM)  # as SLURM does: the whole process group
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert time.monotonic() - sent < 5, log.read_text()
+    time.sleep(0.5)
+    assert [w for w in workers if Path(f"/proc/{w}").exists()] == []
+    assert "interrupted by SIGTERM; no derivative written" in log.read_text()
+    assert "Traceback" not in log.read_text()
+    assert list(work.rglob("result_*n4*.pklz")) == []  # killed before N4 finished
+    assert not (out / "sub-01").exists() and not list(out.glob(".staging-*"))

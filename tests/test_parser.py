@@ -91,6 +91,13 @@ def test_output_resolution_and_grid_are_exclusive(bids_dir, tmp_path, capsys):
                   "--output-resolution", "1", "--output-grid", str(bids_dir)], capsys)
 
 
+def test_non_finite_or_negative_sizes_are_usage_errors(bids_dir, tmp_path, capsys):
+    for value in ("inf", "nan", "-1", "0"):
+        err = _usage_error([str(bids_dir), str(tmp_path / "out"), "participant",
+                            "--output-resolution", value], capsys)
+        assert f"expected a finite number > 0, got {value}" in err
+
+
 def test_main_returns_2_on_usage_errors(bids_dir, capsys):
     assert main([str(bids_dir), str(bids_dir), "participant"]) == 2
     assert main([str(bids_dir)]) == 2

@@ -17,7 +17,7 @@ import pytest
 
 from bids_mcsr import resources
 from bids_mcsr.steps import superresolve
-from bids_mcsr.superres import training_batch
+from bids_mcsr.model import build_model, model_spec
 from tiny_bids import fast_args, phantom, tiny_dataset, write_stack
 from workflows.main import main
 
@@ -144,11 +144,28 @@ def test_mem_gb_too_small_is_refused_before_training(tmp_path):
     assert "training fast model" not in _log(out)
 
 
-def test_training_batch_and_chunk_follow_mem_gb():
-    assert training_batch(None, 4096, 5, 2) == 4096
-    assert training_batch(64, 4096, 5, 2) == 4096
-    assert 256 <= training_batch(0.5, 4096, 5, 2) < 4096
-    assert training_batch(0.001, 4096, 5, 2) == 256
+def test_memory_plan_adapts_batch_and_chunk_to_mem_gb():
+    need = resources.Estimate(samples=4_300_000, output_voxels=8_700_000, n_contrasts=2)
+    fast, paper = model_spec("fast"), model_spec("paper")
+    free = resources.plan_memory(need, fast, 5)
+    assert (free.batch_size, free.chunk, free.fits) == (8192, 65536, True)
+    assert 1.5 * resources.GB < free.peak_bytes < 3.0 * resources.GB  # bench_pipeline: 2.21 GB
+    roomy = resources.plan_memory(need, fast, 5, mem_gb=16)
+    assert roomy.batch_size == 8192 and roomy.fits and roomy.peak_bytes <= 16 * resources.GB
+    tight = resources.plan_memory(need, fast, 5, mem_gb=2.2)
+    assert 256 <= tight.batch_size < 8192 and tight.fits and tight.peak_bytes <= 2.2 * resources.GB
+    assert 4096 <= tight.chunk < 262144
+    assert not resources.plan_memory(need, fast, 5, mem_gb=1.0).fits
+    # the paper model's activations are ~10x the fast one's per evaluation
+    assert resources.evaluation_bytes(paper, 2) > 8 * resources.evaluation_bytes(fast, 2)
+    assert resources.plan_memory(need, paper, 5, mem_gb=2.4).batch_size < 1000
+
+
+def test_parameter_count_matches_the_built_model():
+    for name in ("fast", "paper"):
+        spec = model_spec(name)
+        model = build_model(spec, 3, extent_mm=20000.0)  # every hash level at full table size
+        assert resources.parameter_count(spec, 3) == sum(p.numel() for p in model.parameters())
 
 
 def test_rerun_skips_complete_force_replaces_whole_and_failed_force_keeps_old(tmp_path):

@@ -112,3 +112,18 @@ def test_same_seed_same_output_and_single_contrast_runs():
     assert not np.array_equal(a.volumes["T1w"], c.volumes["T1w"])
     single = super_resolve(stacks[:1], SRConfig(epochs=1, slice_profile="none"))
     assert single.contrasts == ["T1w"] and single.final_mi is None
+
+
+def test_a_time_budget_stops_training():
+    stacks = small_case()
+    frame = CoordinateFrame.from_stacks(stacks)
+    masks, scalers = stack_masks_and_scalers(stacks)
+    samples = build_samples(stacks, ["T1w", "T2w"], frame, scalers, masks, "none")
+    model = build_model(model_spec("fast"), 2, 2 * frame.half_extent_mm)
+    cfg = TrainConfig(epochs=1000, min_steps_per_epoch=5, mi_stopping=False, max_seconds=2.0)
+    hist = train(model, samples, ["T1w", "T2w"], cfg, torch.device("cpu"))
+    assert hist.stopped_early and 1 <= hist.stopped_epoch < 1000
+    assert len(hist.epoch) == hist.stopped_epoch
+    # past the budget by one step and the epoch's bookkeeping at most (CI machines are slow)
+    assert 2.0 <= hist.seconds[-1] < 2.0 + 5.0
+    assert all(np.isfinite(v) for v in hist.loss["T1w"])

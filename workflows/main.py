@@ -26,6 +26,7 @@ from bids_mcsr.derivatives import (
     init_output_dataset,
     is_complete,
     publish,
+    recover_publish,
     stage_unit,
     staging_dir,
     write_failure,
@@ -35,7 +36,6 @@ from bids_mcsr.errors import InputError
 from bids_mcsr.geometry import check_overlap
 from bids_mcsr.io import load_stack
 from bids_mcsr.parser import parse_args, stamp_work_dir
-from bids_mcsr.resources import check_disk, check_memory, estimate
 from bids_mcsr.validator import find_validator, subset_view, validate
 
 log = logging.getLogger("bids_mcsr")
@@ -180,16 +180,15 @@ def _run_workflow(unit: SubjectSession, opts: Namespace) -> dict:
     shutil.rmtree(crash_dir, ignore_errors=True)
     wf.config["execution"] = {"crashdump_dir": str(crash_dir), "crashfile_format": "txt",
                               "stop_on_first_crash": True, "remove_unnecessary_outputs": False}
-    plugin, args = "Linear", {}
-    if opts.nprocs > 1:
-        plugin = "MultiProc"
-        args = {"n_procs": opts.nprocs, "raise_insufficient": False}
-        if opts.mem_gb:
-            args["memory_gb"] = opts.mem_gb
+    runner = _plugin(opts)
     try:
-        graph = wf.run(plugin=plugin, plugin_args=args)
+        graph = wf.run(plugin=runner)
+    except Interrupted:
+        _stop_workers(runner)
+        raise
     except Exception as err:  # nipype reports any node failure as RuntimeError
         if _RECEIVED:
+            _stop_workers(runner)
             raise Interrupted(_RECEIVED[-1]) from err
         raise _crash_reason(crash_dir, err) from err
     # nipype drops IdentityInterface nodes from the executed graph: read the producers.
@@ -198,6 +197,38 @@ def _run_workflow(unit: SubjectSession, opts: Namespace) -> dict:
             "result": nodes["superres"].result, "xfm_files": nodes["register"].xfm_file,
             "reference_index": nodes["select_reference"].index,
             "registered": nodes["register"].out_file, "step_times": _step_times(graph)}
+
+
+def _plugin(opts: Namespace):
+    """The nipype execution plugin: ``MultiProc`` with ``--nprocs`` workers, else ``Linear``."""
+    from nipype.pipeline.plugins import LinearPlugin, MultiProcPlugin
+
+    if opts.nprocs <= 1:
+        return LinearPlugin(plugin_args={})
+    args = {"n_procs": opts.nprocs, "raise_insufficient": False}
+    if opts.mem_gb:
+        args["memory_gb"] = opts.mem_gb
+    return MultiProcPlugin(plugin_args=args)
+
+
+def _stop_workers(runner) -> None:
+    """Kill a ``MultiProc`` plugin's worker processes and drop its queued nodes.
+
+    Without this an interrupted run waits for the running nodes (N4 takes a minute on a
+    1 mm image) before it exits, past a scheduler's grace period. A killed node leaves no
+    result file in the work directory, so a re-run redoes it.
+    """
+    pool = getattr(runner, "pool", None)
+    if pool is None:
+        return
+    workers = list((getattr(pool, "_processes", None) or {}).values())
+    # nipype's result callback raises on every killed node's future; the run is ending
+    logging.getLogger("concurrent.futures").setLevel(logging.CRITICAL)
+    pool.shutdown(wait=False, cancel_futures=True)
+    for worker in workers:
+        worker.kill()
+    for worker in workers:
+        worker.join(timeout=5)
 
 
 def _step_times(graph) -> dict[str, float]:
@@ -249,12 +280,17 @@ def _report(staging: Path, unit: SubjectSession, outputs: dict, opts: Namespace)
 def _check_inputs(unit: SubjectSession, opts: Namespace) -> None:
     """Load every input, check that they overlap and that the outputs fit on disk and in
     ``--mem-gb``; raise ``StepFailure("input check", ...)`` naming the file and the fix."""
+    from bids_mcsr.model import model_spec  # torch: imported once a subject runs, not for --help
+    from bids_mcsr.resources import check_disk, check_memory, estimate
+    from bids_mcsr.superres import SRConfig
+
     try:
         stacks = [load_stack(run.path, run.contrast, run.slice_thickness) for run in unit.runs]
         check_overlap(stacks)
         need = estimate(stacks, opts.output_resolution, opts.output_grid)
         check_disk(opts.output_dir, need)
-        check_memory(opts.mem_gb, need, opts.model, unit.runs[0].path)
+        n_profile = 1 if opts.slice_profile == "none" else SRConfig.profile_samples
+        check_memory(opts.mem_gb, need, model_spec(opts.model), n_profile, unit.runs[0].path)
     except ValueError as err:  # InputError, or a grid that cannot be built
         raise StepFailure("input check", str(err)) from err
 
@@ -302,6 +338,9 @@ def _run_units(units: list[SubjectSession], opts: Namespace) -> int:
     """Process every unit (skipping complete ones unless ``--force``); the number failed."""
     failed = 0
     for done, unit in enumerate(units, start=1):
+        repaired = recover_publish(opts.output_dir, unit)
+        if repaired:
+            log.warning("%s: %s", unit.name, repaired)
         if not opts.force and is_complete(opts.output_dir, unit):
             log.info("%s: outputs already complete; skipped (use --force to redo)", unit.name)
             continue
@@ -318,8 +357,12 @@ def _run_units(units: list[SubjectSession], opts: Namespace) -> int:
                 break
             continue
         except Interrupted as stop:
-            log.error("%s: interrupted by %s; no derivative written; re-run with the same "
-                      "-w/--work-dir to resume", unit.name, stop)
+            if is_complete(opts.output_dir, unit):  # published already, or kept from before
+                log.error("%s: interrupted by %s; its published derivatives are complete",
+                          unit.name, stop)
+            else:
+                log.error("%s: interrupted by %s; no derivative written; re-run with the same "
+                          "-w/--work-dir to resume", unit.name, stop)
             raise
         log.info("%s: done (%d/%d subjects/sessions)", unit.name, done, len(units))
     return failed
