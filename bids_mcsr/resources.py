@@ -21,7 +21,7 @@ from bids_mcsr.io import Stack
 from bids_mcsr.model import ModelSpec
 
 GB = 2**30
-RUNTIME_BYTES = 768 * 2**20  # Python with torch, ANTsPy, nipype (455 MB) and torch.compile
+RUNTIME_BYTES = 2**30  # Python, torch, ANTsPy, nipype (455 MB), N4/registration images, torch.compile
 BYTES_PER_SAMPLE = 64  # coordinates, value, contrast, stack, mask, epoch order of one LR voxel
 BYTES_PER_VOXEL = 48  # output-grid masks and their resampling (float64 coordinates)
 BYTES_PER_VOXEL_CONTRAST = 12  # prediction, volume, its float32 copy while writing

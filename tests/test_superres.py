@@ -88,12 +88,17 @@ def small_case():
             Stack(*simulate_stack(vols["T2w"], affine, 0, THICKNESS), "T2w", "t2.nii.gz")]
 
 
-def test_mi_early_stopping_fires_before_the_last_epoch():
+def small_samples_and_model():
+    """Point-sampled training set of ``small_case`` and a fresh fast model for it."""
     stacks = small_case()
     frame = CoordinateFrame.from_stacks(stacks)
     masks, scalers = stack_masks_and_scalers(stacks)
     samples = build_samples(stacks, ["T1w", "T2w"], frame, scalers, masks, "none")
-    model = build_model(model_spec("fast"), 2, 2 * frame.half_extent_mm)
+    return samples, build_model(model_spec("fast"), 2, 2 * frame.half_extent_mm)
+
+
+def test_mi_early_stopping_fires_before_the_last_epoch():
+    samples, model = small_samples_and_model()
     mi_points = samples.coords[samples.foreground][:2000].numpy()
     cfg = TrainConfig(epochs=30, min_epochs=3, mi_window=2, mi_tolerance=0.05, min_steps_per_epoch=20)
     hist = train(model, samples, ["T1w", "T2w"], cfg, torch.device("cpu"), mi_points)
@@ -115,11 +120,7 @@ def test_same_seed_same_output_and_single_contrast_runs():
 
 
 def test_a_time_budget_stops_training():
-    stacks = small_case()
-    frame = CoordinateFrame.from_stacks(stacks)
-    masks, scalers = stack_masks_and_scalers(stacks)
-    samples = build_samples(stacks, ["T1w", "T2w"], frame, scalers, masks, "none")
-    model = build_model(model_spec("fast"), 2, 2 * frame.half_extent_mm)
+    samples, model = small_samples_and_model()
     cfg = TrainConfig(epochs=1000, min_steps_per_epoch=5, mi_stopping=False, max_seconds=2.0)
     hist = train(model, samples, ["T1w", "T2w"], cfg, torch.device("cpu"))
     assert hist.stopped_early and 1 <= hist.stopped_epoch < 1000
