@@ -33,6 +33,7 @@ from bids_mcsr.model import model_spec
 from bids_mcsr.phantom import mni_truth
 from bids_mcsr.preprocess import n4_correct, register_rigid
 from bids_mcsr.resources import Estimate, plan_memory
+from bids_mcsr.sampling import profile_points_per_sample
 from bids_mcsr.simulate import simulate_stack
 from bids_mcsr.superres import SRConfig, super_resolve
 
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
                       "cubic_psnr": psnr(cub, truth, mask), "cubic_ssim": ssim(cub, truth, mask),
                       "cubic_n4_psnr": psnr(cub_n4, truth, mask), "cubic_n4_ssim": ssim(cub_n4, truth, mask)}
     device = res.device
-    n_profile = 1 if a.profile == "none" else SRConfig.profile_samples
+    n_profile = profile_points_per_sample([t1, t2], a.profile, SRConfig.profile_samples)
     estimated_gb = plan_memory(Estimate(t1.data.size + t2.data.size, grid.n_voxels, 2),
                                model_spec(a.model, epochs=a.epochs), n_profile).peak_bytes / 2**30
     print(f"bids-mcsr pipeline benchmark: {a.model} model, profile {a.profile}, device {device}, "

@@ -67,20 +67,18 @@ def run_inr(args: dict) -> dict:
     epoch_psnr: list[float] = []
     tracked = stacks[0].contrast
     truth_t1 = case.truth[tracked].ravel()[idx] if tracked in case.truth else None
-    scale = {}
+    from bids_mcsr.sampling import stack_masks_and_scalers
+    _, scalers = stack_masks_and_scalers(stacks[:1])
+    lo, hi = scalers[0].low, scalers[0].high  # intensity scale of the tracked contrast
 
     def track(epoch, model):  # PSNR of the first contrast per epoch on 100k mask voxels
         if truth_t1 is None:
             return
         pred = predict_points(model, pts, torch.device("cpu"))[:, 0]
-        lo, hi = scale["T1w"]
         err = np.mean((pred * (hi - lo) + lo - truth_t1) ** 2)
         rng_t = truth_t1.max() - truth_t1.min()
         epoch_psnr.append(float(10 * np.log10(rng_t ** 2 / err)))
 
-    from bids_mcsr.sampling import stack_masks_and_scalers
-    _, scalers = stack_masks_and_scalers(stacks[:1])
-    scale["T1w"] = (scalers[0].low, scalers[0].high)  # the first (tracked) contrast
     cfg = SRConfig(model=args["model"], slice_profile=args["profile"], epochs=args["epochs"],
                    mi_stopping=False, seed=0, max_train_seconds=args["seconds"],
                    finest_mm=args["finest_mm"])

@@ -9,7 +9,7 @@ import numpy as np
 from nibabel.affines import apply_affine, voxel_sizes
 
 from .errors import InputError
-from .io import Stack
+from .io import Stack, direction_cosines
 
 
 MAX_GRID_VOXELS = 2**31  # beyond this an output grid is a header error, not a head
@@ -66,13 +66,6 @@ def stack_corners(stack: Stack) -> np.ndarray:
                          "non-finite coordinates", "fix the header's sform/qform (e.g. "
                          "reconvert from DICOM with dcm2niix)")
     return world
-
-
-def direction_cosines(affine: np.ndarray) -> np.ndarray:
-    """The nearest rotation (orthonormal 3x3) to an affine's direction matrix."""
-    m = affine[:3, :3] / voxel_sizes(affine)
-    u, _, vt = np.linalg.svd(m)
-    return u @ vt
 
 
 @dataclass(frozen=True)

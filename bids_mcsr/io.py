@@ -156,12 +156,16 @@ def validate_data(data: np.ndarray, path: object, single: bool = False) -> np.nd
     return data
 
 
+def direction_cosines(affine: np.ndarray) -> np.ndarray:
+    """The nearest rotation (orthonormal 3x3) to an affine's direction matrix."""
+    m = affine[:3, :3] / voxel_sizes(affine)
+    u, _, vt = np.linalg.svd(m)
+    return u @ vt
+
+
 def _rotation_degrees(a: np.ndarray, b: np.ndarray) -> float:
     """Angle between the direction cosines of two affines."""
-    def unit(m: np.ndarray) -> np.ndarray:
-        u, _, vt = np.linalg.svd(m[:3, :3])
-        return u @ vt
-    cos = (np.trace(unit(a).T @ unit(b)) - 1) / 2
+    cos = (np.trace(direction_cosines(a).T @ direction_cosines(b)) - 1) / 2
     return float(np.degrees(np.arccos(np.clip(cos, -1, 1))))
 
 
@@ -187,7 +191,8 @@ def check_qform_sform(img: nib.Nifti1Image, path: object) -> None:
     corners = np.array([[shape[i] * ((k >> i) & 1) for i in range(3)] + [1] for k in range(8)])
     shift = float(np.abs((corners @ qform.T - corners @ sform.T)[:, :3]).max())
     try:
-        angle = _rotation_degrees(qform, sform)
+        with np.errstate(all="ignore"):  # a zero voxel axis: no angle (svd raises)
+            angle = _rotation_degrees(qform, sform)
     except np.linalg.LinAlgError:
         angle = 0.0
     if shift > 1.0 or angle > 1.0:

@@ -62,6 +62,13 @@ class TrainingSamples:
         return x + t.unsqueeze(-1) * self.slab[self.stack[idx]].unsqueeze(1)
 
 
+def profile_points_per_sample(stacks: Sequence[Stack], profile: str,
+                              n_profile_samples: int = 5) -> int:
+    """Network evaluations per training sample: 1 when point-sampled (no profile, or only
+    (near-)isotropic stacks), else ``n_profile_samples``."""
+    return 1 if profile == "none" or all(s.is_isotropic for s in stacks) else n_profile_samples
+
+
 def build_samples(stacks: Sequence[Stack], contrasts: Sequence[str], frame: CoordinateFrame,
                   scalers: Sequence[IntensityScaler], masks: Sequence[np.ndarray],
                   profile: str, n_profile_samples: int = 5) -> TrainingSamples:
@@ -69,7 +76,7 @@ def build_samples(stacks: Sequence[Stack], contrasts: Sequence[str], frame: Coor
 
     An (near-)isotropic stack is point-sampled whatever ``profile`` says.
     """
-    k = 1 if profile == "none" or all(s.is_isotropic for s in stacks) else n_profile_samples
+    k = profile_points_per_sample(stacks, profile, n_profile_samples)
     parts = {"coords": [], "values": [], "contrast": [], "stack": [], "fg": []}
     slab = np.zeros((len(stacks), 3), np.float32)
     for i, (s, scaler, mask) in enumerate(zip(stacks, scalers, masks)):

@@ -38,6 +38,15 @@ def _line(log: str, prefix: str) -> str:
     return next(line for line in log.splitlines() if prefix in line)
 
 
+def _refused_at_input_check(tmp_path: Path, *extra: str) -> tuple[str, str]:
+    """Run a tiny two-contrast subject that must fail its input check: that line and the log."""
+    bids = tiny_dataset(tmp_path / "bids", {"01": ("T1w", "T2w")})
+    out = tmp_path / "out"
+    assert _main(bids, out, tmp_path / "work", *extra) == 1
+    log = _log(out)
+    return _line(log, "sub-01: input check: "), log
+
+
 def _save(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
     nib.save(nib.Nifti1Image(np.asarray(data, np.float32), affine), path)
 
@@ -124,24 +133,18 @@ def test_unknown_participant_is_a_one_line_usage_error(tmp_path):
 
 
 def test_too_little_disk_space_is_refused_before_training(tmp_path, monkeypatch):
-    bids = tiny_dataset(tmp_path / "bids", {"01": ("T1w", "T2w")})
-    out = tmp_path / "out"
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(resources.shutil, "disk_usage", lambda path: usage(10**6, 10**6, 1000))
-    assert _main(bids, out, tmp_path / "work") == 1
-    line = _line(_log(out), "sub-01: input check: ")
-    assert f"{out}: has 0.00 GB free, the outputs need about" in line
-    assert "free disk space" in line and "training fast model" not in _log(out)
+    line, log = _refused_at_input_check(tmp_path)
+    assert f"{tmp_path / 'out'}: has 0.00 GB free, the outputs need about" in line
+    assert "free disk space" in line and "training fast model" not in log
 
 
 def test_mem_gb_too_small_is_refused_before_training(tmp_path):
-    bids = tiny_dataset(tmp_path / "bids", {"01": ("T1w", "T2w")})
-    out = tmp_path / "out"
-    assert _main(bids, out, tmp_path / "work", "--mem-gb", "0.05") == 1
-    line = _line(_log(out), "sub-01: input check: ")
+    line, log = _refused_at_input_check(tmp_path, "--mem-gb", "0.05")
     assert "sub-01_T1w.nii.gz: training on 9216 samples" in line
     assert "more than --mem-gb 0.05; give a larger --mem-gb or a coarser --output-resolution" in line
-    assert "training fast model" not in _log(out)
+    assert "training fast model" not in log
 
 
 def test_memory_plan_adapts_batch_and_chunk_to_mem_gb():
@@ -208,8 +211,5 @@ def test_an_isotropic_single_stack_is_used_as_is(tmp_path, caplog):
 
 
 def test_an_absurd_output_resolution_is_refused_before_training(tmp_path):
-    bids = tiny_dataset(tmp_path / "bids", {"01": ("T1w", "T2w")})
-    out = tmp_path / "out"
-    assert _main(bids, out, tmp_path / "work", "--output-resolution", "0.0001") == 1
-    line = _line(_log(out), "sub-01: input check: ")
+    line, _ = _refused_at_input_check(tmp_path, "--output-resolution", "0.0001")
     assert "is too large; use a coarser --output-resolution" in line

@@ -282,6 +282,7 @@ def _check_inputs(unit: SubjectSession, opts: Namespace) -> None:
     ``--mem-gb``; raise ``StepFailure("input check", ...)`` naming the file and the fix."""
     from bids_mcsr.model import model_spec  # torch: imported once a subject runs, not for --help
     from bids_mcsr.resources import check_disk, check_memory, estimate
+    from bids_mcsr.sampling import profile_points_per_sample
     from bids_mcsr.superres import SRConfig
 
     try:
@@ -289,7 +290,7 @@ def _check_inputs(unit: SubjectSession, opts: Namespace) -> None:
         check_overlap(stacks)
         need = estimate(stacks, opts.output_resolution, opts.output_grid)
         check_disk(opts.output_dir, need)
-        n_profile = 1 if opts.slice_profile == "none" else SRConfig.profile_samples
+        n_profile = profile_points_per_sample(stacks, opts.slice_profile, SRConfig.profile_samples)
         check_memory(opts.mem_gb, need, model_spec(opts.model), n_profile, unit.runs[0].path)
     except ValueError as err:  # InputError, or a grid that cannot be built
         raise StepFailure("input check", str(err)) from err
