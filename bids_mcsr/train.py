@@ -165,9 +165,6 @@ def train(model: torch.nn.Module, samples: TrainingSamples, contrasts: list[str]
             on_epoch_end(epoch, model)
         hist.stopped_epoch = epoch
         if out_of_time:
-            hist.stopped_early = epoch < config.epochs
-            log.info("time budget of %.0f s spent: stopping in epoch %d after %d of %d steps",
-                     config.max_seconds, epoch, steps_done, steps_per_epoch)
             break
         mi_values = [m for m in hist.mi if m is not None]
         if (config.mi_stopping and epoch >= config.min_epochs and epoch < config.epochs
@@ -175,4 +172,8 @@ def train(model: torch.nn.Module, samples: TrainingSamples, contrasts: list[str]
             hist.stopped_early = True
             log.info("MI plateaued: stopping at epoch %d", epoch)
             break
+    if out_of_time:  # mid-epoch, or exactly at an epoch boundary (that epoch not recorded)
+        hist.stopped_early = hist.stopped_epoch < config.epochs
+        log.info("time budget of %.0f s spent: stopping after %d epochs (the last may be "
+                 "partial)", config.max_seconds, hist.stopped_epoch)
     return hist

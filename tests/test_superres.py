@@ -128,3 +128,7 @@ def test_a_time_budget_stops_training():
     # past the budget by one step and the epoch's bookkeeping at most (CI machines are slow)
     assert 2.0 <= hist.seconds[-1] < 2.0 + 5.0
     assert all(np.isfinite(v) for v in hist.loss["T1w"])
+    # a budget spent at an epoch boundary (here: before the first step) still stops early
+    spent = train(model, samples, ["T1w", "T2w"], TrainConfig(epochs=3, max_seconds=1e-9),
+                  torch.device("cpu"))
+    assert spent.stopped_early and spent.epoch == [] and spent.stopped_epoch == 0
