@@ -5,10 +5,13 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from bids_mcsr.about import METHOD_CITATION, NAME, get_version
+from bids_mcsr.consistency import DEFAULT_CONSISTENCY_ITERATIONS
 
 _REFERENCES = {
     "ants": "Avants BB, Tustison NJ, Song G, et al. A reproducible evaluation of ANTs "
             "similarity metric performance in brain image registration. NeuroImage 54(3), 2011.",
+    "ibp": "Irani M, Peleg S. Improving resolution by image registration. CVGIP: Graphical "
+           "Models and Image Processing 53(3), 1991.",
     "n4": "Tustison NJ, Avants BB, Cook PA, et al. N4ITK: improved N3 bias correction. "
           "IEEE Transactions on Medical Imaging 29(6), 2010.",
     "nipype": "Gorgolewski K, Burns CD, Madison C, et al. Nipype: a flexible, lightweight and "
@@ -36,7 +39,7 @@ def methods_text(options: dict) -> str:
     options : dict
         ``bias_correction``, ``registration``, ``reference``, ``model``, ``slice_profile``,
         ``epochs`` (None: the model's default), ``output_resolution`` (mm or None),
-        ``output_grid``.
+        ``output_grid``, ``consistency_iterations`` (absent: the default).
 
     Returns
     -------
@@ -64,6 +67,13 @@ def methods_text(options: dict) -> str:
     else:
         grid = "on an isotropic grid at the finest in-plane resolution of the inputs"
     epochs = options.get("epochs") or "the model's default number of"
+    rounds = options.get("consistency_iterations", DEFAULT_CONSISTENCY_ITERATIONS)
+    consistency = ""
+    if rounds:
+        consistency = (f" Each contrast was then made to reproduce its acquired stacks by {rounds} "
+                       f"round{'s' if rounds > 1 else ''} of iterative back-projection [ibp] "
+                       "with the same slice-profile forward model.")
+        cited.append("ibp")
     text = (
         f"# Methods\n\nSuper-resolved images were generated with {NAME} {get_version()}, "
         "which uses Nipype [nipype] " f"{_version('nipype')} and PyBIDS [pybids] "
@@ -71,7 +81,8 @@ def methods_text(options: dict) -> str:
         "a multi-contrast implicit neural representation in scanner coordinates [mcsr], "
         f"implemented in PyTorch [pytorch] {_version('torch')} (model '{options['model']}', "
         f"slice profile '{options['slice_profile']}', {epochs} epochs with mutual-information "
-        f"based stopping), and the representation was sampled {grid}.\n\n## References\n\n"
+        f"based stopping), and the representation was sampled {grid}.{consistency}"
+        "\n\n## References\n\n"
     )
     refs = {"mcsr": METHOD_CITATION, **_REFERENCES}
     return text + "\n".join(f"- [{key}] {refs[key]}" for key in cited) + "\n"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bids_mcsr.about import NAME, get_version
 from bids_mcsr.bids import SUPPORTED_CONTRASTS, load_filters
+from bids_mcsr.consistency import DEFAULT_CONSISTENCY_ITERATIONS
 from bids_mcsr.derivatives import atomic_write
 from bids_mcsr.errors import InputError
 
@@ -23,6 +24,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
     return value
 
 
@@ -89,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--model", choices=["fast", "paper"], default="fast")
     sr.add_argument("--slice-profile", choices=["none", "gaussian", "boxcar"],
                     default="gaussian")
+    sr.add_argument("--consistency-iterations", type=_non_negative_int, metavar="N",
+                    default=DEFAULT_CONSISTENCY_ITERATIONS,
+                    help="rounds of back-projecting the stacks' residuals into the outputs "
+                    f"(0: off; default {DEFAULT_CONSISTENCY_ITERATIONS})")
     sr.add_argument("--epochs", type=_positive_int, help="default: the model's own")
     sr.add_argument("--seed", type=int, default=0)
 

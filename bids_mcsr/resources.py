@@ -19,12 +19,15 @@ from bids_mcsr.errors import InputError
 from bids_mcsr.geometry import make_output_grid
 from bids_mcsr.io import Stack
 from bids_mcsr.model import ModelSpec
+from bids_mcsr.slice_profile import RESIMULATE_CHUNK
 
 GB = 2**30
 RUNTIME_BYTES = 2**30  # Python, torch, ANTsPy, nipype (455 MB), N4/registration images, torch.compile
 BYTES_PER_SAMPLE = 64  # coordinates, value, contrast, stack, mask, epoch order of one LR voxel
 BYTES_PER_VOXEL = 48  # output-grid masks and their resampling (float64 coordinates)
 BYTES_PER_VOXEL_CONTRAST = 12  # prediction, volume, its float32 copy while writing
+CONSISTENCY_BYTES_PER_VOXEL = 28  # spline coefficients, correction, coverage, their inputs
+CONSISTENCY_BYTES_PER_SAMPLE = 120  # float64 voxel and sample-point coordinates, per stack voxel
 ADAM_COPIES = 4  # weights, gradients, two moment estimates
 DISK_FACTOR = 1.5  # float32 outputs, gzip rarely helps much on noisy volumes; sidecars, mask
 DISK_MARGIN = 64 * 2**20  # report, figures, QC files
@@ -117,11 +120,13 @@ def plan_memory(need: Estimate, spec: ModelSpec, n_profile: int,
     Fixed costs (runtime, samples, model with Adam state, output volumes) come first; half
     of what is left goes to one training step's activations (forward and backward, each
     sample evaluated at ``n_profile`` points through its slab) or one inference chunk.
-    Without ``mem_gb`` the model's batch size and 65536-voxel chunks are used.
+    Without ``mem_gb`` the model's batch size and 65536-voxel chunks are used. The
+    data-consistency step (one contrast at a time, stacks re-simulated in chunks; the
+    training samples are freed by then) is the other candidate for the peak.
     """
-    fixed = (RUNTIME_BYTES + need.samples * BYTES_PER_SAMPLE
-             + ADAM_COPIES * 4 * parameter_count(spec, need.n_contrasts)
-             + need.output_voxels * (BYTES_PER_VOXEL + BYTES_PER_VOXEL_CONTRAST * need.n_contrasts))
+    persistent = (RUNTIME_BYTES + ADAM_COPIES * 4 * parameter_count(spec, need.n_contrasts)
+                  + need.output_voxels * (BYTES_PER_VOXEL + BYTES_PER_VOXEL_CONTRAST * need.n_contrasts))
+    fixed = persistent + need.samples * BYTES_PER_SAMPLE  # the samples live until training ends
     per_eval = evaluation_bytes(spec, need.n_contrasts)
     per_sample = 2 * n_profile * per_eval  # forward activations and their gradients
     if mem_gb is None:
@@ -130,7 +135,9 @@ def plan_memory(need: Estimate, spec: ModelSpec, n_profile: int,
         spare = max(0.0, mem_gb * GB - fixed) / 2
         batch = int(min(spec.batch_size, max(MIN_BATCH, spare // per_sample)))
         chunk = int(np.clip(spare // per_eval, MIN_CHUNK, MAX_CHUNK))
-    peak = fixed + max(batch * per_sample, chunk * per_eval)
+    consistency = (need.output_voxels * CONSISTENCY_BYTES_PER_VOXEL
+                   + min(need.samples, RESIMULATE_CHUNK) * CONSISTENCY_BYTES_PER_SAMPLE)
+    peak = max(fixed + max(batch * per_sample, chunk * per_eval), persistent + consistency)
     return MemoryPlan(batch, chunk, int(peak), mem_gb is None or peak <= mem_gb * GB)
 
 

@@ -15,6 +15,7 @@ from .io import Stack
 
 PROFILES = ("none", "gaussian", "boxcar")
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+RESIMULATE_CHUNK = 2**20  # stack voxels re-simulated at once (bounds the coordinate arrays)
 
 
 def profile_offsets(profile: str, thickness: float, n_samples: int = 5) -> tuple[np.ndarray, np.ndarray]:
@@ -53,22 +54,26 @@ def slice_normal(stack: Stack) -> np.ndarray:
 
 
 def resimulate_stack(volume: np.ndarray, grid: Grid, stack: Stack, profile: str = "gaussian",
-                     n_samples: int = 5) -> np.ndarray:
+                     n_samples: int = 5, outside: str = "zero") -> np.ndarray:
     """Predict an acquired stack from a volume on ``grid`` (data-consistency check).
 
     Each voxel of ``stack`` is the profile-weighted mean of the volume, cubic-spline
-    interpolated at points along the slice normal. Points outside the grid read 0.
+    interpolated at points along the slice normal. Points outside the grid read 0
+    (``outside="zero"``) or the nearest edge voxel (``outside="edge"``). Works through the
+    stack in chunks of :data:`RESIMULATE_CHUNK` voxels.
     """
     offsets, weights = profile_offsets(profile, stack.thickness, n_samples)
     normal = slice_normal(stack)
-    coeffs = ndimage.spline_filter(np.asarray(volume, np.float64), order=3)
-    world_to_grid = np.linalg.inv(grid.affine)
-    idx = np.indices(stack.data.shape, dtype=np.float64).reshape(3, -1)
-    world = stack.affine[:3, :3] @ idx + stack.affine[:3, 3:4]
-    out = np.zeros(idx.shape[1])
-    for off, w in zip(offsets, weights):
-        pts = world + (off * normal)[:, None]
-        gidx = world_to_grid[:3, :3] @ pts + world_to_grid[:3, 3:4]
-        out += w * ndimage.map_coordinates(coeffs, gidx, order=3, mode="constant", cval=0.0,
-                                           prefilter=False)
+    coeffs = ndimage.spline_filter(np.asarray(volume, np.float32), order=3, output=np.float32)
+    stack_to_grid = np.linalg.inv(grid.affine) @ stack.affine  # voxel indices to voxel indices
+    step = np.linalg.inv(grid.affine[:3, :3]) @ normal  # 1 mm along the normal, in grid voxels
+    mode = "constant" if outside == "zero" else "nearest"
+    out = np.zeros(stack.data.size)
+    for start in range(0, stack.data.size, RESIMULATE_CHUNK):
+        stop = min(start + RESIMULATE_CHUNK, stack.data.size)
+        idx = np.stack(np.unravel_index(np.arange(start, stop), stack.data.shape)).astype(np.float64)
+        gidx = stack_to_grid[:3, :3] @ idx + stack_to_grid[:3, 3:4]
+        for off, w in zip(offsets, weights):
+            out[start:stop] += w * ndimage.map_coordinates(coeffs, gidx + (off * step)[:, None],
+                                                           order=3, prefilter=False, mode=mode)
     return out.reshape(stack.data.shape).astype(np.float32)

@@ -11,9 +11,11 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from .consistency import DEFAULT_CONSISTENCY_ITERATIONS, enforce_consistency
 from .device import describe, select_device
 from .geometry import CoordinateFrame, Grid, check_overlap, make_output_grid, voxel_centres_at
 from .infer import predict_grid
+from .intensity import IntensityScaler
 from .metrics import resample_to_grid
 from .model import build_model, model_spec
 from .resources import Estimate, plan_memory
@@ -46,6 +48,7 @@ class SRConfig:
     compile: bool | None = None
     max_train_seconds: float | None = None
     finest_mm: float | None = None
+    consistency_iterations: int = DEFAULT_CONSISTENCY_ITERATIONS
 
 
 @dataclass
@@ -92,6 +95,11 @@ def grid_masks(stacks: Sequence[Stack], masks: Sequence[np.ndarray], grid: Grid,
 
 
 COMPILE_MIN_EVALUATIONS = 100_000_000
+
+
+def in_scale_of(stack: Stack, scaler: IntensityScaler, target: IntensityScaler) -> Stack:
+    """``stack`` with its intensities mapped from its own ``scaler`` onto ``target``'s scale."""
+    return stack.with_data(target.inverse(scaler.forward(stack.data)))
 
 
 def use_compile(requested: bool | None, evaluations: int) -> bool:
@@ -166,19 +174,30 @@ def super_resolve(stacks: Sequence[Stack], config: SRConfig = SRConfig(), grid: 
                        compile=use_compile(config.compile, len(samples) * samples.n_profile * spec.epochs))
     t_train = time.perf_counter()
     hist = train(model, samples, contrasts, tcfg, device, mi_coords, progress, on_epoch_end)
+    del samples  # not needed past training: frees memory for inference and back-projection
     t_infer = time.perf_counter()
     pred = predict_grid(model, frame, grid, device, plan.chunk)
-    # map each contrast back to the intensity scale of its first stack
+    t_consistency = time.perf_counter()
+    if config.consistency_iterations:
+        log.info("data consistency: %d round(s) of back-projection", config.consistency_iterations)
+    # map each contrast back to the intensity scale of its first stack, then make it
+    # reproduce that contrast's stacks (in the same scale)
     volumes = {}
     for i, c in enumerate(contrasts):
         first = next(k for k, s in enumerate(stacks) if s.contrast == c)
-        volumes[c] = scalers[first].inverse(pred[i])
+        own = [in_scale_of(s, scalers[k], scalers[first]) for k, s in enumerate(stacks)
+               if s.contrast == c]
+        volumes[c] = enforce_consistency(scalers[first].inverse(pred[i]), grid, own,
+                                         config.slice_profile, config.consistency_iterations,
+                                         config.profile_samples)
     t_end = time.perf_counter()
-    timings = {"setup_s": t_train - t0, "training_s": t_infer - t_train, "inference_s": t_end - t_infer}
+    timings = {"setup_s": t_train - t0, "training_s": t_infer - t_train,
+               "inference_s": t_consistency - t_infer, "consistency_s": t_end - t_consistency}
     settings = {"model": spec.to_dict(), "slice_profile": config.slice_profile,
                 "profile_samples": config.profile_samples, "seed": config.seed,
                 "background_fraction": config.background_fraction, "compiled": tcfg.compile,
                 "max_train_seconds": config.max_train_seconds,
+                "consistency_iterations": config.consistency_iterations,
                 "mi_stopping": {"enabled": config.mi_stopping, "window": tcfg.mi_window,
                                 "tolerance_nats": tcfg.mi_tolerance, "min_epochs": tcfg.min_epochs},
                 "output_spacing_mm": float(grid.spacing[0]),

@@ -111,7 +111,7 @@ EXPECTED = (
     "/data/filters.json --contrasts T1w T2w --work-dir /scratch/work/bids-mcsr --nprocs 4 "
     "--omp-nthreads 2 --mem-gb 8.5 --skip-bids-validation --output-resolution 1.0 "
     "--bias-correction n4 --registration rigid --model fast --slice-profile gaussian "
-    "--epochs 20 --device cpu --seed 7 --stop-on-first-crash -vv"
+    "--consistency-iterations 2 --epochs 20 --device cpu --seed 7 --stop-on-first-crash -vv"
 )
 
 

@@ -13,6 +13,7 @@ def test_cites_the_method_and_the_tools():
     for key in ("[n4]", "[ants]", "[nipype]", "[pybids]", "[pytorch]"):
         assert key in text
     assert "no stack was resampled" in text
+    assert "3 rounds of iterative back-projection [ibp]" in text and "Irani" in text
 
 
 def test_follows_the_options():
@@ -20,4 +21,6 @@ def test_follows_the_options():
                          "output_resolution": 1.5, "epochs": 7})
     assert "[n4]" not in text and "[ants]" not in text
     assert "1.5 mm grid" in text and "7 epochs" in text
+    assert "back-projection" not in methods_text({**BASE, "consistency_iterations": 0})
+    assert "by 1 round of" in methods_text({**BASE, "consistency_iterations": 1})
     assert "the T2w stack" in methods_text({**BASE, "reference": "T2w"})

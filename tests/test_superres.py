@@ -13,6 +13,7 @@ from bids_mcsr.model import build_model, model_spec
 from bids_mcsr.phantom import mni_truth
 from bids_mcsr.sampling import build_samples, stack_masks_and_scalers
 from bids_mcsr.simulate import simulate_stack
+from bids_mcsr.slice_profile import resimulate_stack
 from bids_mcsr.superres import SRConfig, super_resolve
 from bids_mcsr.train import TrainConfig, train
 
@@ -132,3 +133,17 @@ def test_a_time_budget_stops_training():
     spent = train(model, samples, ["T1w", "T2w"], TrainConfig(epochs=3, max_seconds=1e-9),
                   torch.device("cpu"))
     assert spent.stopped_early and spent.epoch == [] and spent.stopped_epoch == 0
+
+
+def test_back_projection_makes_the_outputs_reproduce_their_stacks():
+    stacks = small_case()
+    on = super_resolve(stacks, SRConfig(epochs=1, seed=0))
+    off = super_resolve(stacks, SRConfig(epochs=1, seed=0, consistency_iterations=0))
+
+    def misfit(result, stack):
+        predicted = resimulate_stack(result.volumes[stack.contrast], result.grid, stack, "gaussian")
+        return float(np.sqrt(np.mean((predicted - stack.data) ** 2)))
+
+    for stack in stacks:
+        assert misfit(on, stack) < 0.5 * misfit(off, stack), stack.contrast
+    assert on.settings["consistency_iterations"] == 3 and off.settings["consistency_iterations"] == 0

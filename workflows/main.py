@@ -140,7 +140,8 @@ def _validate_input(opts: Namespace, subjects: list[str], run_id: str) -> bool:
 def _sr_config(opts: Namespace) -> dict:
     return {"model": opts.model, "slice_profile": opts.slice_profile, "epochs": opts.epochs,
             "seed": opts.seed, "device": opts.device, "threads": opts.omp_nthreads,
-            "mem_gb": opts.mem_gb, "output_spacing": opts.output_resolution}
+            "mem_gb": opts.mem_gb, "output_spacing": opts.output_resolution,
+            "consistency_iterations": opts.consistency_iterations}
 
 
 def _run_options(opts: Namespace) -> dict:
