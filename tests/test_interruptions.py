@@ -119,3 +119,26 @@ def test_sigterm_with_parallel_workers_kills_them_at_once(tmp_path):
     assert "Traceback" not in log.read_text()
     assert list(work.rglob("result_*n4*.pklz")) == []  # killed before N4 finished
     assert not (out / "sub-01").exists() and not list(out.glob(".staging-*"))
+
+
+def test_a_signal_swallowed_by_a_destructor_still_stops_the_run():
+    """Python only prints an exception raised in ``__del__`` or a weakref callback (seen with
+    pybids' sqlalchemy objects under load): the run must still stop before publishing."""
+    from workflows import main
+
+    replaced = main._install_signal_handlers()
+
+    class SignalledWhileDeleted:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)  # the handler runs here; its Interrupted is printed and dropped
+
+    try:
+        SignalledWhileDeleted()
+        assert main._RECEIVED == [signal.SIGTERM]
+        with pytest.raises(main.Interrupted):
+            main._raise_if_signalled()
+    finally:
+        for sig, handler in replaced.items():
+            signal.signal(sig, handler)
+        main._RECEIVED.clear()

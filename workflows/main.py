@@ -75,6 +75,13 @@ def _on_signal(signum: int, _frame: object) -> None:
     raise Interrupted(signum)
 
 
+def _raise_if_signalled() -> None:
+    """Raise ``Interrupted`` for a signal whose exception was swallowed: one raised while a
+    ``__del__`` or weakref callback runs (sqlalchemy's, in pybids) is only printed by Python."""
+    if _RECEIVED:
+        raise Interrupted(_RECEIVED[-1])
+
+
 def _install_signal_handlers() -> dict:
     """Route SIGTERM and SIGINT to ``_on_signal``; return the handlers replaced."""
     _RECEIVED.clear()
@@ -192,6 +199,7 @@ def _run_workflow(unit: SubjectSession, opts: Namespace) -> dict:
             _stop_workers(runner)
             raise Interrupted(_RECEIVED[-1]) from err
         raise _crash_reason(crash_dir, err) from err
+    _raise_if_signalled()
     # nipype drops IdentityInterface nodes from the executed graph: read the producers.
     nodes = {node.name: node.result.outputs for node in graph.nodes()}
     return {"volumes": nodes["superres"].volumes, "mask": nodes["superres"].mask,
@@ -310,6 +318,7 @@ def _process(unit: SubjectSession, opts: Namespace) -> None:
                    result, dict(zip(labels, xfms if isinstance(xfms, list) else [xfms])),
                    labels[outputs["reference_index"]], _run_options(opts))
         _report(staging, unit, outputs, opts)
+        _raise_if_signalled()
         publish(staging, opts.output_dir, unit)
     except Exception as err:
         raise StepFailure("derivatives", f"{type(err).__name__}: {err}") from err
@@ -340,6 +349,7 @@ def _run_units(units: list[SubjectSession], opts: Namespace) -> int:
     """Process every unit (skipping complete ones unless ``--force``); the number failed."""
     failed = 0
     for done, unit in enumerate(units, start=1):
+        _raise_if_signalled()
         repaired = recover_publish(opts.output_dir, unit)
         if repaired:
             log.warning("%s: %s", unit.name, repaired)
