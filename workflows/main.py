@@ -6,6 +6,7 @@ Exit status: 0 success, 1 a processing failure (each named ``sub-XX: <step>: <me
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import json
 import logging
@@ -14,6 +15,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from argparse import Namespace
@@ -57,9 +59,9 @@ class Interrupted(BaseException):
     included) records it as a failed step.
     """
 
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-        super().__init__(signal.Signals(signum).name)
+    def __init__(self, signum: int | None = None) -> None:
+        self.signum = signum if signum is not None else (_RECEIVED[-1] if _RECEIVED else signal.SIGTERM)
+        super().__init__(signal.Signals(self.signum).name)
 
 
 # Signals received in this run: nipype turns any exception inside a node, ``Interrupted``
@@ -67,18 +69,42 @@ class Interrupted(BaseException):
 _RECEIVED: list[int] = []
 
 
+# Set once the main thread has caught ``Interrupted``; until then it is raised again.
+_HANDLED = threading.Event()
+RERAISE_EVERY_S = 1.0
+
+
 def _on_signal(signum: int, _frame: object) -> None:
-    """Raise ``Interrupted`` once; a second signal gets the default action (stop now)."""
+    """Raise ``Interrupted`` once; a second signal gets the default action (stop now).
+
+    An exception raised while a ``__del__`` or weakref callback runs (sqlalchemy's, in
+    pybids) is only printed by Python, so a watchdog thread raises it again in the main
+    thread every second until :func:`_handled` is called.
+    """
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
     _RECEIVED.append(signum)
+    _HANDLED.clear()
+    threading.Thread(target=_reraise_until_handled, args=(threading.main_thread().ident,),
+                     daemon=True).start()
     raise Interrupted(signum)
 
 
+def _reraise_until_handled(main_ident: int) -> None:
+    while not _HANDLED.wait(RERAISE_EVERY_S):
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(main_ident),
+                                                   ctypes.py_object(Interrupted))
+
+
+def _handled() -> None:
+    """The main thread caught ``Interrupted``: stop raising it again."""
+    _HANDLED.set()
+
+
 def _raise_if_signalled() -> None:
-    """Raise ``Interrupted`` for a signal whose exception was swallowed: one raised while a
-    ``__del__`` or weakref callback runs (sqlalchemy's, in pybids) is only printed by Python."""
+    """Raise ``Interrupted`` for a signal whose exception was swallowed (see ``_on_signal``)."""
     if _RECEIVED:
+        _handled()
         raise Interrupted(_RECEIVED[-1])
 
 
@@ -192,10 +218,12 @@ def _run_workflow(unit: SubjectSession, opts: Namespace) -> dict:
     try:
         graph = wf.run(plugin=runner)
     except Interrupted:
+        _handled()
         _stop_workers(runner)
         raise
     except Exception as err:  # nipype reports any node failure as RuntimeError
         if _RECEIVED:
+            _handled()
             _stop_workers(runner)
             raise Interrupted(_RECEIVED[-1]) from err
         raise _crash_reason(crash_dir, err) from err
@@ -369,6 +397,7 @@ def _run_units(units: list[SubjectSession], opts: Namespace) -> int:
                 break
             continue
         except Interrupted as stop:
+            _handled()
             if is_complete(opts.output_dir, unit):  # published already, or kept from before
                 log.error("%s: interrupted by %s; its published derivatives are complete",
                           unit.name, stop)
@@ -404,10 +433,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _participant(opts)
     except Interrupted as stop:
+        _handled()
         print(f"bids-mcsr: interrupted by {stop}; no derivative of the unfinished subject was "
               "written; re-run with the same -w/--work-dir to resume", file=sys.stderr)
         return 128 + stop.signum
     finally:
+        _handled()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
