@@ -30,19 +30,20 @@ DEFAULT_CONSISTENCY_ITERATIONS = 3  # chosen on the benchmark cases (docs/evalua
 MIN_INPLANE_RATIO = 0.5  # stacks sampled much finer in-plane than the output are not back-projected
 
 
-def back_project(residual: np.ndarray, stack: Stack, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
-    """A stack-space ``residual`` on ``grid``: linearly interpolated values and coverage (0/1).
-
-    A grid voxel is covered when it lies within half a voxel of the stack's outermost voxel
-    centres along every stack axis.
-    """
+def back_project(residual: np.ndarray, stack: Stack, grid: Grid) -> np.ndarray:
+    """A stack-space ``residual`` on ``grid``, linearly interpolated (edge values outside)."""
     vox = np.linalg.inv(stack.affine) @ grid.affine
-    matrix, offset = vox[:3, :3], vox[:3, 3]
-    values = ndimage.affine_transform(residual.astype(np.float32), matrix, offset,
-                                      output_shape=grid.shape, order=1, mode="nearest")
-    covered = ndimage.affine_transform(np.ones(stack.data.shape, np.float32), matrix, offset,
-                                       output_shape=grid.shape, order=0, mode="grid-constant", cval=0.0)
-    return values, covered
+    return ndimage.affine_transform(residual.astype(np.float32), vox[:3, :3], vox[:3, 3],
+                                    output_shape=grid.shape, order=1, mode="nearest")
+
+
+def coverage(stack: Stack, grid: Grid) -> np.ndarray:
+    """Grid voxels within half a voxel of the stack's outermost voxel centres along every
+    stack axis (its field of view), as a boolean array."""
+    vox = np.linalg.inv(stack.affine) @ grid.affine
+    inside = ndimage.affine_transform(np.ones(stack.data.shape, np.uint8), vox[:3, :3], vox[:3, 3],
+                                      output_shape=grid.shape, order=0, mode="grid-constant", cval=0)
+    return inside.astype(bool)
 
 
 def usable_for_back_projection(stack: Stack, grid: Grid) -> bool:
@@ -51,8 +52,8 @@ def usable_for_back_projection(stack: Stack, grid: Grid) -> bool:
     The forward model samples the volume at points in-plane; a stack sampled more than twice
     as finely in-plane as the output would alias when its residual is spread onto the grid.
     """
-    inplane = np.delete(stack.voxel_sizes, stack.through_plane_axis)
-    return bool(inplane.min() >= MIN_INPLANE_RATIO * float(grid.spacing.min()))
+    finest = float(stack.voxel_sizes.min())  # in-plane: the slice axis is the coarsest
+    return bool(finest >= MIN_INPLANE_RATIO * float(grid.spacing.min()))
 
 
 def enforce_consistency(volume: np.ndarray, grid: Grid, stacks: Sequence[Stack], profile: str,
@@ -80,15 +81,18 @@ def enforce_consistency(volume: np.ndarray, grid: Grid, stacks: Sequence[Stack],
     """
     out = np.asarray(volume, np.float32).copy()
     usable = [s for s in stacks if usable_for_back_projection(s, grid)]
-    for _ in range(iterations if usable else 0):
+    if not usable or iterations < 1:
+        return out
+    covered = [coverage(s, grid) for s in usable]
+    n_covering = np.maximum(np.sum(covered, axis=0, dtype=np.float32), 1.0)
+    for _ in range(iterations):
         correction = np.zeros(grid.shape, np.float32)
-        coverage = np.zeros(grid.shape, np.float32)
-        for stack in usable:
+        for stack, inside in zip(usable, covered):
             stack_profile = "none" if stack.is_isotropic else profile  # as in training
             predicted = resimulate_stack(out, grid, stack, stack_profile, n_samples, outside="edge")
-            values, covered = back_project(stack.data - predicted, stack, grid)
-            correction += np.multiply(values, covered, out=values)
-            coverage += covered
-            del values, covered
-        out += correction / np.maximum(coverage, 1.0)
+            values = back_project(stack.data - predicted, stack, grid)
+            values[~inside] = 0.0
+            correction += values
+            del values
+        out += correction / n_covering
     return out

@@ -28,7 +28,8 @@ from .geometry import Grid
 from .io import Stack, load_stack
 from .report_figures import focus_point, plot_lr_vs_sr, plot_registration, plot_training
 from .report_html import fmt, figure, page, paragraph, section, table
-from .report_metrics import grid_axis_along, slice_direction, subject_metrics
+from .report_metrics import grid_axis_along, subject_metrics
+from .slice_profile import slice_normal
 from .superres import SRResult
 
 METRICS_SUFFIX = "_desc-metrics.json"
@@ -84,7 +85,7 @@ def write_figures(output_dir: Path, unit: str, subject: str, stacks: Sequence[St
     out: dict[str, list[tuple[Path, str]]] = {"sr": [], "registration": [], "training": []}
     for contrast in result.contrasts:
         own = [s for s in stacks if s.contrast == contrast]
-        axis = grid_axis_along(result.grid, slice_direction(own[0]))
+        axis = grid_axis_along(result.grid, slice_normal(own[0]))
         path = _atomic_figure(plot_lr_vs_sr, _png(fig_dir, unit, "srcompare", contrast), own,
                               result.volumes[contrast], result.grid, result.mask, point, axis)
         out["sr"].append((path, f"{contrast}: acquired stack(s), nearest-neighbour on the SR "

@@ -23,7 +23,7 @@ from .intensity import foreground_mask
 from .io import Stack
 from .metrics import mutual_information, psnr, ssim
 from .mi_stopping import mi_plateaued
-from .slice_profile import resimulate_stack
+from .slice_profile import resimulate_stack, slice_normal
 from .superres import SRResult
 
 CONVERGENCE_EPOCHS = 5
@@ -71,12 +71,6 @@ def grid_axis_along(grid: Grid, direction: np.ndarray) -> int:
     """The voxel axis of ``grid`` most parallel to a world direction."""
     cols = grid.affine[:3, :3] / grid.spacing
     return int(np.argmax(np.abs(cols.T @ (direction / np.linalg.norm(direction)))))
-
-
-def slice_direction(stack: Stack) -> np.ndarray:
-    """Unit world vector along a stack's slice (through-plane) axis."""
-    col = stack.affine[:3, stack.through_plane_axis]
-    return col / np.linalg.norm(col)
 
 
 def sharpness(volume: np.ndarray, mask: np.ndarray, spacing: Sequence[float],
@@ -193,7 +187,7 @@ def subject_metrics(stacks: Sequence[Stack], reference_index: int, result: SRRes
         summary["data_consistency"] = data_consistency(result.volumes[stack.contrast],
                                                        result.grid, stack, profile)
         inputs.append(summary)
-    axis = grid_axis_along(result.grid, slice_direction(stacks[reference_index]))
+    axis = grid_axis_along(result.grid, slice_normal(stacks[reference_index]))
     per_contrast = {}
     for contrast in result.contrasts:
         dcs = [i["data_consistency"] for i in inputs if i["contrast"] == contrast]

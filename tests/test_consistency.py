@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bids_mcsr.consistency import back_project, enforce_consistency, usable_for_back_projection
+from bids_mcsr.consistency import back_project, coverage, enforce_consistency, usable_for_back_projection
 from bids_mcsr.geometry import Grid
 from bids_mcsr.intensity import IntensityScaler
 from bids_mcsr.io import Stack
@@ -29,8 +29,8 @@ def test_back_projection_of_a_stack_on_its_own_grid_is_the_identity():
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
     affine[:3, 3] = [-5.0, 3.0, 10.0]
     stack = Stack(data, affine, "T1w", "x.nii.gz")
-    values, covered = back_project(data, stack, Grid(data.shape, affine))
-    assert np.allclose(values, data, atol=1e-5) and covered.min() == 1.0
+    grid = Grid(data.shape, affine)
+    assert np.allclose(back_project(data, stack, grid), data, atol=1e-5) and coverage(stack, grid).all()
 
 
 def test_back_projection_covers_only_the_stacks_field_of_view():
@@ -38,11 +38,12 @@ def test_back_projection_covers_only_the_stacks_field_of_view():
     stack = Stack(np.ones((4, 4, 3), np.float32), np.diag([1.0, 1.0, 4.0, 1.0]), "T1w", "x.nii.gz")
     grid_affine = np.eye(4)
     grid_affine[2, 3] = -6.0
-    values, covered = back_project(np.arange(3, dtype=np.float32)[None, None, :] * np.ones((4, 4, 3)),
-                                   stack, Grid((4, 4, 20), grid_affine))
+    grid = Grid((4, 4, 20), grid_affine)
+    values = back_project(np.arange(3, dtype=np.float32)[None, None, :] * np.ones((4, 4, 3)), stack, grid)
+    covered = coverage(stack, grid)
     z = -6.0 + np.arange(20)
     inside = (z >= -2.0) & (z < 10.0)  # within half a slice (2 mm) of the outer slice centres
-    assert np.array_equal(covered[0, 0] == 1.0, inside)
+    assert np.array_equal(covered[0, 0], inside)
     assert np.allclose(values[0, 0, (z >= 0) & (z <= 8)], z[(z >= 0) & (z <= 8)] / 4.0)  # linear
 
 
@@ -64,8 +65,8 @@ def test_voxels_outside_every_stack_are_left_alone(head):
     part = Stack(stack.data[:, :, :4], stack.affine, "T1w", "part.nii.gz")  # the lowest 4 slices
     volume = np.zeros(grid.shape, np.float32)
     corrected = enforce_consistency(volume, grid, [part], "gaussian", 2)
-    _, covered = back_project(part.data, part, grid)
-    assert np.all(corrected[covered == 0] == 0) and np.any(corrected[covered == 1] != 0)
+    covered = coverage(part, grid)
+    assert np.all(corrected[~covered] == 0) and np.any(corrected[covered] != 0)
 
 
 def test_stacks_sampled_much_finer_than_the_output_are_not_back_projected(head):

@@ -433,7 +433,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _participant(opts)
     except Interrupted as stop:
-        _handled()
         print(f"bids-mcsr: interrupted by {stop}; no derivative of the unfinished subject was "
               "written; re-run with the same -w/--work-dir to resume", file=sys.stderr)
         return 128 + stop.signum
