@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bids_mcsr.about import CODE_URL, NAME, container, get_version
-from bids_mcsr.bids import SubjectSession
+from bids_mcsr.bids import SubjectSession, bids_name, split_contrast
 from bids_mcsr.qc import curves_tsv, qc_record
 
 BIDS_VERSION = "1.10.0"
@@ -101,6 +101,30 @@ def res_label(spacing: tuple[float, float, float]) -> str:
     if max(spacing) - min(spacing) > 1e-3:
         return "ref"
     return f"{round(float(spacing[0]), 3):g}".replace(".", "p") + "mm"
+
+
+def sr_name(unit: SubjectSession, contrast: str, res: str, extension: str = ".nii.gz") -> str:
+    """File name of a super-resolved volume: the unit's and the contrast's entities, ``res-``
+    and ``desc-sr`` in BIDS order, e.g. ``sub-01_ce-gadolinium_res-1mm_desc-sr_T1w.nii.gz``.
+
+    Parameters
+    ----------
+    unit : SubjectSession
+        The subject/session.
+    contrast : str
+        Contrast key (``T1w``, ``ce-gadolinium_T1w``).
+    res : str
+        ``res-`` label (``*`` makes a glob pattern).
+    extension : str
+        ``.nii.gz`` or ``.json``.
+
+    Returns
+    -------
+    str
+        The file name.
+    """
+    entities, suffix = split_contrast(contrast)
+    return bids_name({**unit.entities, **entities, "res": res, "desc": "sr"}, suffix, extension)
 
 
 def resolution_text(spacing: tuple[float, float, float], grid_source: str | None) -> str:
@@ -314,7 +338,7 @@ def is_complete(output_dir: Path, unit: SubjectSession) -> bool:
     except (OSError, ValueError):
         return False
     return qc.get("status") == "ok" and all(
-        any((base / "anat").glob(f"{unit.name}_res-*_desc-sr_{contrast}.nii.gz"))
+        any((base / "anat").glob(sr_name(unit, contrast, "*")))
         for contrast in unit.contrasts)
 
 
@@ -333,7 +357,7 @@ def stage_unit(staging: Path, unit: SubjectSession, sr: dict, result: dict,
     unit : SubjectSession
         The subject/session and its runs.
     sr : dict
-        ``volumes`` (contrast -> NIfTI path) and ``mask`` from the super-resolution step.
+        ``volumes`` (contrast key -> NIfTI path) and ``mask`` from the super-resolution step.
     result : dict
         Content of the step's ``result.json``.
     transforms : dict
@@ -367,7 +391,7 @@ def stage_unit(staging: Path, unit: SubjectSession, sr: dict, result: dict,
         "ReferenceImage": sources[labels.index(reference)],
     }
     for contrast, volume in sr["volumes"].items():
-        dest = out / f"{unit.name}_res-{res}_desc-sr_{contrast}.nii.gz"
+        dest = out / sr_name(unit, contrast, res)
         shutil.copyfile(volume, dest)
         write_json(_sidecar(dest), {
             "Description": f"{contrast} super-resolved jointly from all listed stacks with a "

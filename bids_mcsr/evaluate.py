@@ -20,7 +20,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from bids.layout import parse_file_entities
 
+from .bids import contrast_key
 from .derivatives import atomic_write
 from .geometry import Grid
 from .intensity import foreground_mask
@@ -92,26 +94,32 @@ def simulate_dataset(src: Path, dst: Path, planes: dict[str, str], thickness: fl
     return written
 
 
+def _contrast(path: Path) -> str:
+    """The contrast key of an image file (``T1w``, ``ce-gadolinium_T1w``)."""
+    return contrast_key(parse_file_entities(path.name))
+
+
 def score_dataset(truth_root: Path, sim_root: Path, derivatives: Path) -> pd.DataFrame:
-    """One row per SR output: PSNR/SSIM of SR and of cubic interpolation vs the truth."""
+    """One row per SR output: PSNR/SSIM of SR and of cubic interpolation vs the truth (the
+    original and the simulated stacks of the same unit and contrast key)."""
     rows = []
     for sr_path in sorted(derivatives.glob("sub-*/**/anat/*_desc-sr_*.nii*")):
-        suffix = sr_path.name.split("_")[-1].split(".")[0]
-        unit = sr_path.name.split("_res-")[0]
+        contrast = _contrast(sr_path)
+        unit = "_".join(p for p in sr_path.name.split("_") if p.startswith(("sub-", "ses-")))
         rel = sr_path.parent.relative_to(derivatives)
-        truths = [p for p in (truth_root / rel).glob(f"{unit}_*{suffix}.nii*")
-                  if _ANAT.match(p.name) and _ANAT.match(p.name)["suffix"] == suffix]
-        lrs = [load_stack(p, suffix) for p in (sim_root / rel).glob(f"{unit}_*{suffix}.nii*")
-               if _ANAT.match(p.name) and _ANAT.match(p.name)["suffix"] == suffix]
+        truths, lrs = ([p for p in sorted((root / rel).glob(f"{unit}_*.nii*"))
+                        if _ANAT.match(p.name) and _contrast(p) == contrast]
+                       for root in (truth_root, sim_root))
         if not truths or not lrs:
             continue
-        truth = load_stack(truths[0], suffix)
+        truth = load_stack(truths[0], contrast)
+        lrs = [load_stack(p, contrast) for p in lrs]
         grid = Grid(truth.data.shape, truth.affine)
-        sr = load_stack(sr_path, suffix)
+        sr = load_stack(sr_path, contrast)
         sr_on_truth = resample_to_grid(sr, grid, order=1)
         cubic = cubic_baseline(lrs, grid)
         mask = foreground_mask(truth.data)
-        rows.append({"unit": unit, "contrast": suffix, "sr_file": sr_path.name,
+        rows.append({"unit": unit, "contrast": contrast, "sr_file": sr_path.name,
                      "psnr_sr": psnr(sr_on_truth, truth.data, mask),
                      "psnr_cubic": psnr(cubic, truth.data, mask),
                      "ssim_sr": ssim(sr_on_truth, truth.data, mask),

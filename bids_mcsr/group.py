@@ -115,8 +115,10 @@ def unit_rows(subject: str, session: str | None, record: dict) -> list[dict]:
     rows = []
     for contrast in contrasts:
         per = metrics["per_contrast"][contrast]
-        mi = [v for pair, v in metrics.get("mi_between_sr", {}).items()
-              if contrast in pair.split("-")]
+        # pairs are keyed "A-B"; contrast keys hold "-" too, so match whole pairs
+        pairs = {f"{a}-{b}" for other in contrasts for a, b in ((contrast, other),
+                                                                 (other, contrast))}
+        mi = [v for pair, v in metrics.get("mi_between_sr", {}).items() if pair in pairs]
         rows.append({**base, "contrast": contrast, "status": "ok",
                      "dc_psnr_db": per["dc_psnr_db"], "dc_ssim": per["dc_ssim"],
                      "sharpness_ratio": per["sharpness_ratio"],

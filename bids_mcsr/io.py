@@ -31,7 +31,7 @@ class Stack:
     affine
         4x4 voxel-to-world (scanner RAS+ mm) matrix; the single source of geometric truth.
     contrast
-        BIDS suffix of the contrast (``T1w``, ``T2w``, ...).
+        Contrast key (``T1w``, ``ce-gadolinium_T1w``, ...; see ``bids.contrast_key``).
     path
         File the stack came from, used in messages.
     slice_thickness
@@ -210,7 +210,7 @@ def load_stack(path: str | os.PathLike, contrast: str,
     path : str or PathLike
         NIfTI file.
     contrast : str
-        Its BIDS suffix.
+        Its contrast key (``T1w``, ``ce-gadolinium_T1w``).
     slice_thickness : float, optional
         Slice thickness in mm.
     metadata : dict, optional

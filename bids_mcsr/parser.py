@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from bids_mcsr.about import NAME, get_version
-from bids_mcsr.bids import SUPPORTED_CONTRASTS, load_filters
+from bids_mcsr.bids import CONTRAST_HELP, bids_name, load_filters, split_contrast
 from bids_mcsr.consistency import DEFAULT_CONSISTENCY_ITERATIONS
 from bids_mcsr.derivatives import atomic_write
 from bids_mcsr.errors import InputError
@@ -66,13 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--session-label", nargs="+", metavar="LABEL",
                      help="sessions to process (the ses- prefix is optional); default: all")
     sel.add_argument("--bids-filter-file", type=Path, metavar="JSON",
-                     help='per-contrast pybids filters, e.g. {"t2w": {"acquisition": "tse"}}; '
-                     'null means the entity must be absent, "*" any value')
-    sel.add_argument("--contrasts", nargs="+", choices=SUPPORTED_CONTRASTS,
-                     help="anatomical suffixes to use; default: every supported one found")
+                     help='per-contrast pybids filters, keyed like --contrasts, e.g. {"t2w": '
+                     '{"acquisition": "tse"}}; null means the entity must be absent, "*" any '
+                     'value')
+    sel.add_argument("--contrasts", nargs="+", metavar="CONTRAST",
+                     help=f"contrasts to use, each {CONTRAST_HELP}; default: every one found")
     sel.add_argument("--reference", metavar="CONTRAST_OR_NAME",
-                     help="stack all others are registered to: a contrast or part of a file "
-                     "name; default: the stack with the finest through-plane resolution")
+                     help="stack all others are registered to: a contrast (T1w, "
+                     "ce-gadolinium_T1w) or else part of a file name; default: the stack with "
+                     "the finest through-plane resolution")
     sel.add_argument("--skip-bids-validation", action="store_true",
                      help="do not run bids-validator-deno on the input")
 
@@ -188,9 +190,13 @@ def validate(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> argpa
     Returns
     -------
     argparse.Namespace
-        The options with absolute paths, stripped labels, ``filters`` (dict) and
-        ``omp_nthreads`` filled in.
+        The options with absolute paths, stripped labels, contrast keys in their canonical
+        spelling, ``filters`` (dict) and ``omp_nthreads`` filled in.
     """
+    try:
+        opts.contrasts = opts.contrasts and [bids_name(*split_contrast(c)) for c in opts.contrasts]
+    except ValueError as err:
+        parser.error(f"--contrasts: {err}")
     opts.bids_dir = opts.bids_dir.expanduser().resolve()
     opts.output_dir = opts.output_dir.expanduser().resolve()
     opts.work_dir = opts.work_dir.expanduser().resolve()

@@ -3,7 +3,7 @@
 Layout (``<unit>`` is ``sub-<l>[_ses-<l>]``)::
 
     <output_dir>/<unit>.html
-    <output_dir>/sub-<l>/figures/<unit>_desc-<what>_<suffix>.png
+    <output_dir>/sub-<l>/figures/<unit>[_ce-<l>...]_desc-<what>_<suffix>.png
     <output_dir>/sub-<l>/[ses-<l>/]qc/<unit>_desc-metrics.json   (next to <unit>_desc-qc.json)
 
 Every file is written to a temporary name and moved into place; the HTML comes last, so
@@ -23,6 +23,7 @@ import nibabel as nib
 import numpy as np
 
 from .about import get_version
+from .bids import bids_name, split_contrast
 from .derivatives import atomic_path, atomic_write, unit_dir, write_json
 from .geometry import Grid
 from .io import Stack, load_stack
@@ -66,8 +67,11 @@ def flatten(settings: dict, prefix: str = "") -> list[tuple[str, object]]:
     return rows
 
 
-def _png(fig_dir: Path, unit: str, desc: str, suffix: str) -> Path:
-    return fig_dir / f"{unit}_desc-{desc}_{suffix}.png"
+def _png(fig_dir: Path, unit: str, desc: str, contrast: str | None = None) -> Path:
+    """``<unit>[_<contrast entities>]_desc-<desc>_<suffix>.png``; suffix ``curves`` without
+    a contrast."""
+    entities, suffix = split_contrast(contrast) if contrast else ({}, "curves")
+    return fig_dir / f"{unit}_{bids_name({**entities, 'desc': desc}, suffix, '.png')}"
 
 
 def _atomic_figure(draw, path: Path, *args) -> Path:
@@ -98,7 +102,7 @@ def write_figures(output_dir: Path, unit: str, subject: str, stacks: Sequence[St
                               reference, stack, result.grid, point)
         out["registration"].append((path, f"{stack.name} after registration, with the edges "
                                           f"of the reference {reference.name} in red"))
-    path = _atomic_figure(plot_training, _png(fig_dir, unit, "training", "curves"),
+    path = _atomic_figure(plot_training, _png(fig_dir, unit, "training"),
                           result.history, result.stopped_epoch)
     out["training"].append((path, "training loss per contrast and MI between the predicted "
                                   "contrasts; the dashed line marks where training stopped"))

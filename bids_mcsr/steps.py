@@ -30,7 +30,7 @@ def bias_correct(in_file: str, contrast: str, out_file: str, threads: int | None
     in_file : str
         Input NIfTI.
     contrast : str
-        Its BIDS suffix.
+        Its contrast key (``T1w``, ``ce-gadolinium_T1w``).
     out_file : str
         Where to write the corrected stack.
     threads : int, optional
@@ -58,7 +58,8 @@ def select_reference(in_files: list[str], contrasts: list[str], names: list[str]
     names : list of str
         Their original BIDS file names.
     reference : str, optional
-        A contrast, or part of a file name; default: the finest through-plane spacing.
+        A contrast key (``T1w`` is not ``ce-gadolinium_T1w``), else part of a file name;
+        default: the finest through-plane spacing.
 
     Returns
     -------
@@ -73,8 +74,8 @@ def select_reference(in_files: list[str], contrasts: list[str], names: list[str]
     coarsest = [max(nib.load(f).header.get_zooms()[:3]) for f in in_files]
     candidates = list(range(len(in_files)))
     if reference:
-        candidates = [i for i in candidates
-                      if contrasts[i] == reference or reference in names[i]]
+        candidates = ([i for i in candidates if contrasts[i] == reference]
+                      or [i for i in candidates if reference in names[i]])
         if not candidates:
             raise InputError(reference, "matches no selected stack",
                              f"give --reference one of {sorted(set(contrasts))} or part of "

@@ -15,6 +15,7 @@ import pytest
 
 from bids_mcsr.demo import build_demo, head_motion
 from bids_mcsr.validator import find_validator, validate
+from tiny_bids import fast_args, tiny_dataset, write_stack
 from workflows.main import main
 
 pytestmark = pytest.mark.slow
@@ -112,3 +113,44 @@ def test_rerun_reuses_the_work_directory(run, first):
     before = results[0].stat().st_mtime
     assert main(argv + ["--participant-label", "01", "--force"]) == 0
     assert results[0].stat().st_mtime == before
+
+
+def test_a_post_contrast_t1w_is_a_contrast_of_its_own(tmp_path):
+    """T1w + ce-gadolinium_T1w + T2w: three heads, three outputs named with their entities."""
+    bids = tiny_dataset(tmp_path / "bids", {"01": ("T1w", "T2w")})
+    anat = bids / "sub-01" / "anat"
+    write_stack(anat, "sub-01_ce-gadolinium", "FLAIR", suffix="T1w")  # other intensities
+    write_stack(anat, "sub-01_part-phase", "T2w")  # left out: not a magnitude image
+    out = tmp_path / "out"
+    argv = [str(bids), str(out), "participant", *fast_args(tmp_path / "work")]
+    assert main(argv) == 0
+    names = {"T1w": "sub-01_res-2mm_desc-sr_T1w",
+             "ce-gadolinium_T1w": "sub-01_ce-gadolinium_res-2mm_desc-sr_T1w",
+             "T2w": "sub-01_res-2mm_desc-sr_T2w"}
+    assert sorted(p.name for p in (out / "sub-01/anat").glob("*_desc-sr_*")) == sorted(
+        n + ext for n in names.values() for ext in (".json", ".nii.gz"))
+    volumes = {c: nib.load(out / "sub-01/anat" / f"{n}.nii.gz").get_fdata()
+               for c, n in names.items()}
+    assert not np.allclose(volumes["T1w"], volumes["ce-gadolinium_T1w"])
+    sidecar = json.loads((out / "sub-01/anat" / f"{names['ce-gadolinium_T1w']}.json").read_text())
+    assert sidecar["Description"].startswith("ce-gadolinium_T1w super-resolved")
+    assert "bids:raw:sub-01/anat/sub-01_ce-gadolinium_T1w.nii.gz" in sidecar["Sources"]
+    assert not any("part-phase" in source for source in sidecar["Sources"])
+    qc = json.loads((out / "sub-01/qc/sub-01_desc-qc.json").read_text())
+    assert qc["contrasts"] == list(names)
+    curves = (out / "sub-01/qc/sub-01_desc-training_curves.tsv").read_text().splitlines()[0]
+    assert curves.split("\t")[1:4] == [f"loss_{c}" for c in names]
+    assert (out / "sub-01/figures/sub-01_ce-gadolinium_desc-srcompare_T1w.png").is_file()
+    log = next((out / "logs").glob("bids-mcsr_*.log")).read_text()
+    assert "sub-01: left out sub-01_part-phase_T2w.nii.gz: only magnitude images" in log
+    assert main(argv[:2] + ["group"]) == 0
+    group = (out / "group_desc-qc.tsv").read_text().splitlines()
+    rows = [line.split("\t") for line in group[1:]]
+    assert [r[3] for r in rows] == list(names)
+    mi_column = group[0].split("\t").index("mi_sr")
+    assert all(r[mi_column] != "n/a" for r in rows)
+    if find_validator() is not None:
+        assert validate(out).errors == []
+    assert main(argv) == 0  # complete: every contrast's output is found under its own name
+    log = "\n".join(p.read_text() for p in (out / "logs").glob("bids-mcsr_*.log"))
+    assert "sub-01: outputs already complete" in log

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from bids_mcsr.derivatives import dataset_description, write_json
-from bids_mcsr.group import robust_outliers, run_group
+from bids_mcsr.group import robust_outliers, run_group, unit_rows
 from bids_mcsr.qc import qc_record
 from bids_mcsr.report import metrics_path, write_subject_report
 from report_synth import CHROMIUM, browser_dom, fake_result, phantom, stacks_of
@@ -105,3 +105,14 @@ def test_sessions_are_separate_rows(tmp_path):
     df = pd.read_csv(tmp_path / "group_desc-qc.tsv", sep="\t", dtype=str)
     assert df["name"].tolist() == ["sub-01_ses-1", "sub-01_ses-2"]
     assert (df["status"] == "failed").all()
+
+
+def test_mi_of_contrast_keys_with_hyphens_is_matched_by_whole_pairs():
+    contrasts = ["T1w", "ce-gadolinium_T1w", "T2w"]
+    per = {"dc_psnr_db": 40.0, "dc_ssim": 0.9, "sharpness_ratio": 1.0}
+    metrics = {"contrasts": contrasts, "per_contrast": {c: per for c in contrasts},
+               "mi_between_sr": {"T1w-ce-gadolinium_T1w": 1.0, "T1w-T2w": 0.5,
+                                 "ce-gadolinium_T1w-T2w": 0.2}}
+    rows = unit_rows("01", None, {"qc": {"status": "ok"}, "metrics": metrics})
+    assert {r["contrast"]: r["mi_sr"] for r in rows} == pytest.approx(
+        {"T1w": 0.75, "ce-gadolinium_T1w": 0.6, "T2w": 0.35})

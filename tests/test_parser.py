@@ -66,15 +66,30 @@ def test_defaults(bids_dir, tmp_path):
 
 def test_filter_file_is_read_and_checked(bids_dir, tmp_path, capsys):
     good = tmp_path / "filters.json"
-    good.write_text(json.dumps({"t2w": {"acquisition": "tse", "run": None}}))
+    good.write_text(json.dumps({"t2w": {"acquisition": "tse", "run": None},
+                                "ce-gadolinium_t1w": {"reconstruction": "norm"}}))
     opts = parse_args([str(bids_dir), str(tmp_path / "out"), "participant",
                        "--bids-filter-file", str(good)])
-    assert opts.filters == {"T2w": {"acquisition": "tse", "run": None}}
+    assert opts.filters == {"T2w": {"acquisition": "tse", "run": None},
+                            "ce-gadolinium_T1w": {"reconstruction": "norm"}}
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"bold": {}}))
     err = _usage_error([str(bids_dir), str(tmp_path / "out"), "participant",
                         "--bids-filter-file", str(bad)], capsys)
-    assert "unknown filter keys" in err
+    assert "unknown filter key 'bold'" in err and "ce-gadolinium_T1w" in err
+
+
+def test_contrasts_are_contrast_keys(bids_dir, tmp_path, capsys):
+    opts = parse_args([str(bids_dir), str(tmp_path / "out"), "participant", "--contrasts",
+                       "T1w", "ce-gadolinium_t1w", "T2w", "flair", "-w", str(tmp_path / "w")])
+    assert opts.contrasts == ["T1w", "ce-gadolinium_T1w", "T2w", "FLAIR"]
+    for bad in ("T1", "gadolinium_T1w", "rec-norm_T1w", "ce-gad-olinium_T1w", "ce-a_ce-b_T1w",
+                "inv-1_MP2RAGE"):
+        err = _usage_error([str(bids_dir), str(tmp_path / "out"), "participant",
+                            "--contrasts", "T2w", bad], capsys)
+        line = err.strip().splitlines()[-1]
+        assert f"--contrasts: unknown contrast '{bad}'" in line
+        assert "ce-gadolinium_T1w" in line and "T2starw" in line
 
 
 def test_work_dir_of_another_version_is_refused(bids_dir, tmp_path, capsys):

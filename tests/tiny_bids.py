@@ -26,17 +26,20 @@ def phantom(contrast: str, size: int = 24) -> tuple[np.ndarray, np.ndarray]:
     return (data + noise * (data > 0)).astype(np.float32), affine
 
 
-def write_stack(anat: Path, name: str, contrast: str, thickness: float = 6.0) -> Path:
-    """Write one thick-slice stack ``<anat>/<name>_<contrast>.nii.gz`` and its sidecar."""
+def write_stack(anat: Path, name: str, contrast: str, thickness: float = 6.0,
+                suffix: str | None = None) -> Path:
+    """Write one thick-slice stack ``<anat>/<name>_<suffix>.nii.gz`` of the phantom of
+    ``contrast`` (``suffix`` defaults to ``contrast``) and its sidecar."""
     anat.mkdir(parents=True, exist_ok=True)
     data, affine = phantom(contrast)
     lr, lr_affine = simulate_stack(data, affine, STACKS[contrast][0], thickness)
-    path = anat / f"{name}_{contrast}.nii.gz"
+    suffix = suffix or contrast
+    path = anat / f"{name}_{suffix}.nii.gz"
     img = nib.Nifti1Image(lr.astype(np.float32), lr_affine)
     img.set_qform(lr_affine, code=1)
     img.set_sform(lr_affine, code=1)
     nib.save(img, path)
-    (anat / f"{name}_{contrast}.json").write_text(json.dumps({"SliceThickness": thickness}))
+    (anat / f"{name}_{suffix}.json").write_text(json.dumps({"SliceThickness": thickness}))
     return path
 
 

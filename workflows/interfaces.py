@@ -22,7 +22,7 @@ from bids_mcsr import steps
 
 class _BiasCorrectInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="stack to correct")
-    contrast = traits.Str(mandatory=True, desc="BIDS suffix of the stack")
+    contrast = traits.Str(mandatory=True, desc="contrast key of the stack")
     threads = traits.Int(1, usedefault=True, desc="ITK threads")
 
 

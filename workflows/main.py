@@ -457,6 +457,8 @@ def _participant(opts: Namespace) -> int:
     except InputError as err:
         log.error("%s", err)
         return 2
+    for message in found.notes:
+        log.info("%s", message)
     for message in found.skipped:
         log.warning("skipped %s", message)
     if not found.units:
