@@ -30,21 +30,29 @@ class GaussianFourierFeatures(nn.Module):
 
 
 class _WeightedLookup(torch.autograd.Function):
-    """``sum_c w[:, c] * table[idx[:, c]]`` whose backward scatters with ``index_add_``."""
+    """``sum_c w[:, c] * table[idx[:, c]]`` whose backward scatters with ``index_add_``.
+
+    The gradient with respect to the corner weights ``w`` (hence to the coordinates) is
+    computed only when asked for: learned slice profiles and stack poses need it, plain
+    training does not.
+    """
 
     @staticmethod
     def forward(ctx, table: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(idx, w)
+        ctx.save_for_backward(table if ctx.needs_input_grad[2] else None, idx, w)
         ctx.table_shape = table.shape
         return (table[idx] * w.unsqueeze(-1)).sum(dim=1)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        idx, w = ctx.saved_tensors
+        table, idx, w = ctx.saved_tensors
         contrib = (w.unsqueeze(-1) * grad_out.unsqueeze(1)).reshape(-1, ctx.table_shape[1])
         grad_table = torch.zeros(ctx.table_shape, dtype=grad_out.dtype, device=grad_out.device)
         grad_table.index_add_(0, idx.reshape(-1), contrib)
-        return grad_table, None, None
+        grad_w = None
+        if ctx.needs_input_grad[2]:
+            grad_w = (table[idx] * grad_out.unsqueeze(1)).sum(dim=-1)
+        return grad_table, None, grad_w
 
 
 class HashGridEncoding(nn.Module):

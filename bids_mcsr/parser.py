@@ -14,6 +14,7 @@ from pathlib import Path
 from bids_mcsr.about import NAME, get_version
 from bids_mcsr.bids import CONTRAST_HELP, bids_name, load_filters, split_contrast
 from bids_mcsr.consistency import DEFAULT_CONSISTENCY_ITERATIONS
+from bids_mcsr.holdout import HOLDOUT_FRACTION
 from bids_mcsr.derivatives import atomic_write
 from bids_mcsr.errors import InputError
 
@@ -31,6 +32,13 @@ def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+def _holdout_fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 0.5:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 0.5, got {text}")
     return value
 
 
@@ -101,8 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
                     default="gaussian")
     sr.add_argument("--consistency-iterations", type=_non_negative_int, metavar="N",
                     default=DEFAULT_CONSISTENCY_ITERATIONS,
-                    help="rounds of back-projecting the stacks' residuals into the outputs "
+                    help="at most N rounds of back-projecting the stacks' residuals into the "
+                    "outputs; how many pay is chosen per contrast on held-out slices "
                     f"(0: off; default {DEFAULT_CONSISTENCY_ITERATIONS})")
+    sr.add_argument("--no-profile-fit", dest="profile_fit", action="store_false",
+                    help="keep each stack's slice-profile width at its header value "
+                    "(SliceThickness, else the slice spacing) instead of fitting it")
+    sr.add_argument("--no-pose-fit", dest="pose_fit", action="store_false",
+                    help="keep the stacks where registration put them instead of refining "
+                    "their rigid poses during the fit")
+    sr.add_argument("--holdout-fraction", type=_holdout_fraction, metavar="F",
+                    default=HOLDOUT_FRACTION,
+                    help="share of each thick-slice stack's slices withheld to validate the "
+                    f"fit (at least 2 per stack; 0: none; default {HOLDOUT_FRACTION})")
     sr.add_argument("--epochs", type=_positive_int, help="default: the model's own")
     sr.add_argument("--seed", type=int, default=0)
 

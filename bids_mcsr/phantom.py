@@ -1,8 +1,8 @@
 """A truth-known two-contrast head built from the ICBM 2009a template shipped with nilearn.
 
 T1w is the template itself; a T2w-like contrast is mapped from its tissue probability maps
-(CSF bright, grey matter intermediate, white matter dark), so both contrasts share anatomy
-exactly. Nothing is downloaded: nilearn carries these files in its wheel.
+(CSF bright, grey matter intermediate, white matter dark), and a FLAIR-like one too (CSF
+suppressed, grey matter brighter than white), so all contrasts share anatomy exactly. Nothing is downloaded: nilearn carries these files in its wheel.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from nilearn import datasets, image
 
 
 def mni_truth(resolution: int = 1, crop: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Isotropic truth volumes ``{"T1w": ..., "T2w": ...}`` and their shared affine.
+    """Isotropic truth volumes ``{"T1w": ..., "T2w": ..., "FLAIR": ...}`` and their shared affine.
 
     ``resolution`` is 1 or 2 mm. ``crop`` trims the empty border around the head.
     """
@@ -29,8 +29,9 @@ def mni_truth(resolution: int = 1, crop: bool = True) -> tuple[dict[str, np.ndar
     t2 = 800 * (1.0 * csf + 0.55 * g + 0.3 * w) * head
     # keep the T1w's non-brain texture faintly so T2w is not piecewise constant outside tissue maps
     t2 = t2 + 0.15 * t1_data * (g + w < 0.05)
+    flair = 700 * (0.1 * csf + 0.8 * g + 0.55 * w) * head + 0.15 * t1_data * (g + w < 0.05)
     affine = t1.affine.copy()
-    vols = {"T1w": t1_data, "T2w": t2.astype(np.float32)}
+    vols = {"T1w": t1_data, "T2w": t2.astype(np.float32), "FLAIR": flair.astype(np.float32)}
     if crop:
         idx = np.argwhere(head)
         lo = np.maximum(idx.min(axis=0) - 3, 0)

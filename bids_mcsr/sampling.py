@@ -8,7 +8,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .acquisition_fit import StackAcquisition
 from .geometry import CoordinateFrame, voxel_centres
+from .holdout import slice_mask
 from .intensity import IntensityScaler, foreground_mask
 from .io import Stack
 from .slice_profile import profile_quantile, slice_normal
@@ -18,11 +20,14 @@ from .slice_profile import profile_quantile, slice_normal
 class TrainingSamples:
     """Flat tensors over all stacks' voxels plus per-stack slice-profile geometry.
 
-    ``slab[s]`` is stack ``s``'s slice normal scaled by its thickness, in normalised
-    units (zero for point-sampled stacks). Each training voxel is predicted as the mean
-    of the network at ``n_profile`` points through its slab, drawn by stratified sampling
-    of the profile (one random point per equal-probability stratum, new every step), so
-    the whole slab is covered rather than a few fixed planes.
+    ``normal[s]`` is stack ``s``'s unit slice normal in normalised units per mm; the
+    slab's width (FWHM, mm) comes from the stack's acquisition parameters
+    (:class:`~bids_mcsr.acquisition_fit.StackAcquisition`), zero for point-sampled stacks.
+    Each training voxel is predicted as the mean of the network at ``n_profile`` points
+    through its slab, drawn by stratified sampling of the profile (one random point per
+    equal-probability stratum, new every step), so the whole slab is covered rather than
+    a few fixed planes. ``heldout`` marks the voxels of held-out slices: never trained on,
+    used to score the fit.
     """
 
     coords: torch.Tensor
@@ -30,72 +35,104 @@ class TrainingSamples:
     contrast: torch.Tensor
     stack: torch.Tensor
     foreground: np.ndarray
-    slab: torch.Tensor
+    normal: torch.Tensor
+    profiled: list[bool]
     profile: str
     n_profile: int
+    heldout: np.ndarray
 
     def __len__(self) -> int:
         return int(self.values.shape[0])
 
     def epoch_indices(self, rng: np.random.Generator, background_fraction: float) -> np.ndarray:
-        """Shuffled indices of all foreground voxels and a random share of the background."""
-        fg = np.flatnonzero(self.foreground)
-        bg = np.flatnonzero(~self.foreground)
+        """Shuffled indices of all foreground voxels and a random share of the background
+        (held-out voxels excluded)."""
+        fg = np.flatnonzero(self.foreground & ~self.heldout)
+        bg = np.flatnonzero(~self.foreground & ~self.heldout)
         n_bg = int(round(background_fraction * bg.size))
         chosen = np.concatenate([fg, rng.choice(bg, n_bg, replace=False) if n_bg else bg[:0]])
         rng.shuffle(chosen)
         return chosen
 
+    def n_epoch(self, background_fraction: float) -> int:
+        """Samples drawn per epoch by :meth:`epoch_indices`."""
+        train = ~self.heldout
+        return int((self.foreground & train).sum()
+                   + round(background_fraction * (~self.foreground & train).sum()))
+
+    def heldout_indices(self) -> np.ndarray:
+        """Foreground voxels of the held-out slices (where the fit is scored)."""
+        return np.flatnonzero(self.foreground & self.heldout)
+
     def to(self, device: torch.device) -> "TrainingSamples":
         return TrainingSamples(self.coords.to(device), self.values.to(device),
                                self.contrast.to(device), self.stack.to(device), self.foreground,
-                               self.slab.to(device), self.profile, self.n_profile)
+                               self.normal.to(device), self.profiled, self.profile,
+                               self.n_profile, self.heldout)
 
-    def profile_points(self, idx: torch.Tensor) -> torch.Tensor:
-        """Sample points ``(B, n_profile, 3)`` through the slabs of voxels ``idx``."""
+    def profile_points(self, idx: torch.Tensor, acquisition: StackAcquisition,
+                       stratified: bool = True, learn: bool = False) -> torch.Tensor:
+        """Sample points ``(B, n_profile, 3)`` through the slabs of voxels ``idx``, moved by
+        their stacks' poses. ``stratified=False`` takes each stratum's midpoint (scoring);
+        ``learn``: the points carry gradients to the acquisition parameters."""
+        if not learn:
+            with torch.no_grad():
+                return self.profile_points(idx, acquisition, stratified, learn=True)
+        stack = self.stack[idx]
         x = self.coords[idx].unsqueeze(1)
-        if self.n_profile == 1:
-            return x
-        k = torch.arange(self.n_profile, device=x.device)
-        u = (k + torch.rand(idx.shape[0], self.n_profile, device=x.device)) / self.n_profile
-        t = profile_quantile(self.profile, u)
-        return x + t.unsqueeze(-1) * self.slab[self.stack[idx]].unsqueeze(1)
+        if self.n_profile > 1:
+            k = torch.arange(self.n_profile, device=x.device)
+            jitter = (torch.rand(idx.shape[0], self.n_profile, device=x.device) if stratified
+                      else torch.full((idx.shape[0], self.n_profile), 0.5, device=x.device))
+            t = profile_quantile(self.profile, (k + jitter) / self.n_profile)
+            slab = self.normal[stack] * acquisition.fwhm_mm()[stack].unsqueeze(-1)
+            x = x + t.unsqueeze(-1) * slab.unsqueeze(1)
+        return acquisition.move(x, stack)
 
 
 def profile_points_per_sample(stacks: Sequence[Stack], profile: str,
                               n_profile_samples: int = 5) -> int:
     """Network evaluations per training sample: 1 when point-sampled (no profile, or only
     (near-)isotropic stacks), else ``n_profile_samples``."""
-    return 1 if profile == "none" or all(s.is_isotropic for s in stacks) else n_profile_samples
+    return n_profile_samples if any(is_profiled(s, profile) for s in stacks) else 1
+
+
+def is_profiled(stack: Stack, profile: str) -> bool:
+    """Whether a stack is modelled with a slab: a thick-slice stack under a slice profile
+    ((near-)isotropic stacks are point-sampled whatever ``profile`` says)."""
+    return profile != "none" and not stack.is_isotropic
 
 
 def build_samples(stacks: Sequence[Stack], contrasts: Sequence[str], frame: CoordinateFrame,
                   scalers: Sequence[IntensityScaler], masks: Sequence[np.ndarray],
-                  profile: str, n_profile_samples: int = 5) -> TrainingSamples:
+                  profile: str, n_profile_samples: int = 5,
+                  heldout: Sequence[np.ndarray] | None = None) -> TrainingSamples:
     """Assemble the training set of all stacks.
 
-    An (near-)isotropic stack is point-sampled whatever ``profile`` says.
+    ``heldout`` gives, per stack, the indices of its held-out slices (along its slice axis).
     """
     k = profile_points_per_sample(stacks, profile, n_profile_samples)
-    parts = {"coords": [], "values": [], "contrast": [], "stack": [], "fg": []}
-    slab = np.zeros((len(stacks), 3), np.float32)
+    parts = {"coords": [], "values": [], "contrast": [], "stack": [], "fg": [], "held": []}
+    normal = np.zeros((len(stacks), 3), np.float32)
     for i, (s, scaler, mask) in enumerate(zip(stacks, scalers, masks)):
         parts["coords"].append(frame.normalise(voxel_centres(s.data.shape, s.affine)))
         parts["values"].append(scaler.forward(s.data.ravel()))
         parts["contrast"].append(np.full(s.data.size, contrasts.index(s.contrast), np.int64))
         parts["stack"].append(np.full(s.data.size, i, np.int64))
         parts["fg"].append(mask.ravel())
-        if profile != "none" and not s.is_isotropic:
-            slab[i] = frame.normalise_vector(s.thickness * slice_normal(s))
+        parts["held"].append(slice_mask(s, [] if heldout is None else heldout[i]).ravel())
+        normal[i] = frame.normalise_vector(slice_normal(s))
     return TrainingSamples(
         coords=torch.from_numpy(np.concatenate(parts["coords"])),
         values=torch.from_numpy(np.concatenate(parts["values"])),
         contrast=torch.from_numpy(np.concatenate(parts["contrast"])),
         stack=torch.from_numpy(np.concatenate(parts["stack"])),
         foreground=np.concatenate(parts["fg"]),
-        slab=torch.from_numpy(slab),
+        normal=torch.from_numpy(normal),
+        profiled=[is_profiled(s, profile) for s in stacks],
         profile=profile,
         n_profile=k,
+        heldout=np.concatenate(parts["held"]),
     )
 
 

@@ -53,18 +53,25 @@ def slice_normal(stack: Stack) -> np.ndarray:
     return col / np.linalg.norm(col)
 
 
+def spline_coefficients(volume: np.ndarray) -> np.ndarray:
+    """Cubic B-spline coefficients of a volume (float32), for ``prefiltered`` re-simulation."""
+    return ndimage.spline_filter(np.asarray(volume, np.float32), order=3, output=np.float32)
+
+
 def resimulate_stack(volume: np.ndarray, grid: Grid, stack: Stack, profile: str = "gaussian",
-                     n_samples: int = 5, outside: str = "zero") -> np.ndarray:
+                     n_samples: int = 5, outside: str = "zero",
+                     prefiltered: bool = False) -> np.ndarray:
     """Predict an acquired stack from a volume on ``grid`` (data-consistency check).
 
     Each voxel of ``stack`` is the profile-weighted mean of the volume, cubic-spline
     interpolated at points along the slice normal. Points outside the grid read 0
     (``outside="zero"``) or the nearest edge voxel (``outside="edge"``). Works through the
-    stack in chunks of :data:`RESIMULATE_CHUNK` voxels.
+    stack in chunks of :data:`RESIMULATE_CHUNK` voxels. ``prefiltered``: ``volume`` holds
+    :func:`spline_coefficients` already (re-simulating several stacks from one volume).
     """
     offsets, weights = profile_offsets(profile, stack.thickness, n_samples)
     normal = slice_normal(stack)
-    coeffs = ndimage.spline_filter(np.asarray(volume, np.float32), order=3, output=np.float32)
+    coeffs = volume if prefiltered else spline_coefficients(volume)
     stack_to_grid = np.linalg.inv(grid.affine) @ stack.affine  # voxel indices to voxel indices
     step = np.linalg.inv(grid.affine[:3, :3]) @ normal  # 1 mm along the normal, in grid voxels
     mode = "constant" if outside == "zero" else "nearest"

@@ -177,6 +177,7 @@ def superresolve(in_files: list[str], contrasts: list[str],
             "stopped_epoch": result.stopped_epoch, "epochs_run": result.epochs_run,
             "final_mi": result.final_mi, "runtime_s": result.runtime_s,
             "device": result.device, "settings": result.settings,
+            "acquisition": result.acquisition, "validation": result.validation,
             "spacing": [float(s) for s in result.grid.spacing],
             "shape": list(result.grid.shape)}
     (out / "result.json").write_text(json.dumps(meta, indent=2, default=_jsonable))

@@ -11,16 +11,20 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from .consistency import DEFAULT_CONSISTENCY_ITERATIONS, enforce_consistency
+from .acquisition_fit import StackAcquisition
+from .consistency import DEFAULT_CONSISTENCY_ITERATIONS, choose_rounds
 from .device import describe, select_device
-from .geometry import CoordinateFrame, Grid, check_overlap, make_output_grid, voxel_centres_at
+from .geometry import (CoordinateFrame, Grid, check_overlap, make_output_grid, pick_reference,
+                       voxel_centres_at)
+from .holdout import HOLDOUT_FRACTION, choose_heldout, heldout_errors, pooled_psnr
 from .infer import predict_grid
 from .intensity import IntensityScaler
 from .metrics import resample_to_grid
 from .model import build_model, model_spec
+from .noise import estimate_noise
 from .resources import Estimate, plan_memory
 from .sampling import build_samples, stack_masks_and_scalers
-from .slice_profile import PROFILES
+from .slice_profile import PROFILES, spline_coefficients
 from .train import TrainConfig, train
 from .io import Stack
 
@@ -29,7 +33,14 @@ log = logging.getLogger("bids_mcsr")
 
 @dataclass
 class SRConfig:
-    """User-facing settings of :func:`super_resolve` (``None`` = the model's default)."""
+    """User-facing settings of :func:`super_resolve` (``None`` = the model's default).
+
+    ``learn_profile``/``refine_registration``: fit each thick stack's slice-profile width /
+    rigid pose with the network. ``holdout_fraction`` of each thick stack's slices are
+    withheld to score the fit and to choose how many of the ``consistency_iterations``
+    back-projection rounds to keep. ``keep_network_output`` also returns each contrast's
+    volume before back-projection (for benchmarks).
+    """
 
     model: str = "fast"
     slice_profile: str = "gaussian"
@@ -49,6 +60,10 @@ class SRConfig:
     max_train_seconds: float | None = None
     finest_mm: float | None = None
     consistency_iterations: int = DEFAULT_CONSISTENCY_ITERATIONS
+    learn_profile: bool = True
+    refine_registration: bool = True
+    holdout_fraction: float = HOLDOUT_FRACTION
+    keep_network_output: bool = False
 
 
 @dataclass
@@ -65,6 +80,9 @@ class SRResult:
     device: str
     settings: dict
     timings: dict = field(default_factory=dict)
+    acquisition: list[dict] = field(default_factory=list)
+    validation: dict = field(default_factory=dict)
+    network_volumes: dict[str, np.ndarray] = field(default_factory=dict)
 
     def to_nifti(self, contrast: str) -> nib.Nifti1Image:
         img = nib.Nifti1Image(self.volumes[contrast].astype(np.float32), self.grid.affine)
@@ -146,8 +164,14 @@ def super_resolve(stacks: Sequence[Stack], config: SRConfig = SRConfig(), grid: 
         spec.encoding_args = {**spec.encoding_args, "finest_mm": float(config.finest_mm)}
 
     masks, scalers = stack_masks_and_scalers(stacks)
+    held_rng = np.random.default_rng([config.seed, 1])
+    heldout = [choose_heldout(s, held_rng, config.holdout_fraction) for s in stacks]
     samples = build_samples(stacks, contrasts, frame, scalers, masks, config.slice_profile,
-                            config.profile_samples)
+                            config.profile_samples, heldout)
+    acquisition = StackAcquisition(stacks, frame, samples.profiled,
+                                   learn_profile=config.learn_profile and samples.n_profile > 1,
+                                   refine_pose=config.refine_registration and len(stacks) > 1,
+                                   reference=pick_reference(stacks))
     per_contrast_mask = grid_masks(stacks, masks, grid, contrasts)
     mask = np.logical_or.reduce(list(per_contrast_mask.values()))
     shared = np.logical_and.reduce(list(per_contrast_mask.values()))
@@ -173,23 +197,38 @@ def super_resolve(stacks: Sequence[Stack], config: SRConfig = SRConfig(), grid: 
                        max_seconds=config.max_train_seconds,
                        compile=use_compile(config.compile, len(samples) * samples.n_profile * spec.epochs))
     t_train = time.perf_counter()
-    hist = train(model, samples, contrasts, tcfg, device, mi_coords, progress, on_epoch_end)
+    hist = train(model, acquisition, samples, contrasts, tcfg, device, mi_coords, progress,
+                 on_epoch_end)
     del samples  # not needed past training: frees memory for inference and back-projection
+    fitted = acquisition.fitted()
+    as_fitted = [f.apply(s) for f, s in zip(fitted, stacks)]
     t_infer = time.perf_counter()
     pred = predict_grid(model, frame, grid, device, plan.chunk)
     t_consistency = time.perf_counter()
-    if config.consistency_iterations:
-        log.info("data consistency: %d round(s) of back-projection", config.consistency_iterations)
     # map each contrast back to the intensity scale of its first stack, then make it
-    # reproduce that contrast's stacks (in the same scale)
-    volumes = {}
+    # reproduce that contrast's stacks (in the same scale), as many rounds as the held-out
+    # slices say pay
+    volumes, validation, network_volumes = {}, {}, {}
     for i, c in enumerate(contrasts):
-        first = next(k for k, s in enumerate(stacks) if s.contrast == c)
-        own = [in_scale_of(s, scalers[k], scalers[first]) for k, s in enumerate(stacks)
-               if s.contrast == c]
-        volumes[c] = enforce_consistency(scalers[first].inverse(pred[i]), grid, own,
-                                         config.slice_profile, config.consistency_iterations,
-                                         config.profile_samples)
+        own = [k for k, s in enumerate(stacks) if s.contrast == c]
+        first = scalers[own[0]]
+        scaled = [in_scale_of(as_fitted[k], scalers[k], first) for k in own]
+        if config.keep_network_output:
+            network_volumes[c] = first.inverse(pred[i])
+        volumes[c], rounds, curve = choose_rounds(
+            first.inverse(pred[i]), grid, scaled, [heldout[k] for k in own],
+            [masks[k] for k in own], config.slice_profile, config.consistency_iterations,
+            config.profile_samples)
+        coeffs = spline_coefficients(volumes[c])
+        errors = [heldout_errors(coeffs, grid, scaled[j], heldout[k], masks[k],
+                                 config.slice_profile, config.profile_samples)
+                  for j, k in enumerate(own)]
+        validation[c] = heldout_summary(errors, first.high - first.low, rounds, curve)
+        for j, k in enumerate(own):
+            validation[c].setdefault("stacks", {})[stacks[k].name] = heldout_summary(
+                [errors[j]], first.high - first.low)
+        log.info("%s: %d back-projection round(s) kept; held-out slices %s", c, rounds,
+                 describe_gain(validation[c]))
     t_end = time.perf_counter()
     timings = {"setup_s": t_train - t0, "training_s": t_infer - t_train,
                "inference_s": t_consistency - t_infer, "consistency_s": t_end - t_consistency}
@@ -198,13 +237,53 @@ def super_resolve(stacks: Sequence[Stack], config: SRConfig = SRConfig(), grid: 
                 "background_fraction": config.background_fraction, "compiled": tcfg.compile,
                 "max_train_seconds": config.max_train_seconds,
                 "consistency_iterations": config.consistency_iterations,
+                "learn_profile": config.learn_profile,
+                "refine_registration": config.refine_registration,
+                "holdout_fraction": config.holdout_fraction,
                 "mi_stopping": {"enabled": config.mi_stopping, "window": tcfg.mi_window,
                                 "tolerance_nats": tcfg.mi_tolerance, "min_epochs": tcfg.min_epochs},
                 "output_spacing_mm": float(grid.spacing[0]),
                 "intensity_scalers": {s.name: asdict(sc) for s, sc in zip(stacks, scalers)}}
+    acquisition_report = [describe_acquisition(s, f, h, scalers[k])
+                          for k, (s, f, h) in enumerate(zip(stacks, fitted, heldout))]
     mi_values = [m for m in hist.mi if m is not None]
     return SRResult(contrasts=contrasts, volumes=volumes, grid=grid, mask=mask.astype(np.uint8),
                     history=hist.to_dict(), stopped_epoch=hist.stopped_epoch,
                     epochs_run=len(hist.epoch), final_mi=mi_values[-1] if mi_values else None,
                     runtime_s=t_end - t0, device=describe(device), settings=settings,
-                    timings=timings)
+                    timings=timings, acquisition=acquisition_report, validation=validation,
+                    network_volumes=network_volumes)
+
+
+def heldout_summary(errors: Sequence[dict], data_range: float, rounds: int | None = None,
+                    curve: Sequence[float] = ()) -> dict:
+    """Held-out PSNR of the output and of cubic interpolation, and their difference."""
+    sr, cubic = pooled_psnr(errors, "sr", data_range), pooled_psnr(errors, "cubic", data_range)
+    out = {"voxels": int(sum(e["n"] for e in errors)), "sr_psnr": sr, "cubic_psnr": cubic,
+           "gain_db": None if sr is None or cubic is None else sr - cubic}
+    if rounds is not None:
+        out["consistency_rounds"] = int(rounds)
+        out["consistency_curve_psnr"] = [float(10 * np.log10(data_range ** 2 / max(m, 1e-20)))
+                                         for m in curve]
+    return out
+
+
+def describe_gain(summary: dict) -> str:
+    if summary["gain_db"] is None:
+        return "none (no slice could be held out)"
+    return (f"SR {summary['sr_psnr']:.2f} dB vs cubic {summary['cubic_psnr']:.2f} dB "
+            f"({summary['gain_db']:+.2f} dB)")
+
+
+def describe_acquisition(stack: Stack, fitted, heldout: np.ndarray,
+                         scaler: IntensityScaler) -> dict:
+    """What the run knows of one stack's acquisition: header, fitted profile and pose,
+    noise and held-out slices."""
+    sigma = estimate_noise(stack)
+    return {"name": stack.name, "contrast": stack.contrast,
+            "header_thickness_mm": stack.slice_thickness,
+            "spacing_mm": float(stack.voxel_sizes[stack.through_plane_axis]),
+            "fitted_fwhm_mm": fitted.fwhm_mm, "pose_shift_mm": fitted.shift_mm,
+            "pose_rotation_deg": fitted.rotation_deg, "pose_correction": fitted.correction,
+            "noise_sigma": sigma, "noise_percent": 100 * sigma / (scaler.high - scaler.low),
+            "heldout_slices": [int(k) for k in heldout], "isotropic": stack.is_isotropic}

@@ -13,6 +13,7 @@ import torch
 
 from .infer import predict_points
 from .mi_stopping import mean_pairwise_mi, mi_plateaued
+from .acquisition_fit import StackAcquisition
 from .sampling import TrainingSamples
 
 log = logging.getLogger("bids_mcsr")
@@ -27,7 +28,10 @@ class TrainConfig:
     :func:`~bids_mcsr.mi_stopping.mi_plateaued` with ``mi_window``/``mi_tolerance``.
     With ``max_seconds`` training stops once that much wall time is spent (mid-epoch if
     need be) and the cosine learning-rate schedule runs over time instead of steps, so
-    models can be compared at equal time.
+    models can be compared at equal time. The stacks' acquisition parameters (slice-profile
+    widths, poses) learn at ``width_lr``/``pose_lr`` once ``acquisition_warmup`` epochs have
+    fitted the network alone. When samples hold out slices, the network and acquisition
+    parameters of the epoch with the lowest held-out error are the ones returned.
     """
 
     epochs: int = 16
@@ -42,6 +46,11 @@ class TrainConfig:
     compile: bool = False
     seed: int = 0
     max_seconds: float | None = None
+    width_lr: float = 2e-2
+    pose_lr: float = 1e-3
+    acquisition_warmup: int = 1
+    acquisition_every: int = 4
+    holdout_patience: int = 2
 
     def effective_batch_size(self, n_epoch_samples: int) -> int:
         """``batch_size``, reduced (not below 512) so that small subjects still get
@@ -57,22 +66,34 @@ class TrainHistory:
     loss: dict[str, list[float]] = field(default_factory=dict)
     mi: list[float | None] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    heldout: dict[str, list[float]] = field(default_factory=dict)
+    best_epoch: int = 0
     stopped_epoch: int = 0
     stopped_early: bool = False
 
     def to_dict(self) -> dict:
-        return {"epoch": self.epoch, "loss": self.loss, "mi": self.mi, "seconds": self.seconds}
+        return {"epoch": self.epoch, "loss": self.loss, "mi": self.mi, "seconds": self.seconds,
+                "heldout_mse": self.heldout, "best_epoch": self.best_epoch}
 
 
-def _batch_loss(model: Callable[[torch.Tensor], torch.Tensor], samples: TrainingSamples, idx: torch.Tensor,
-                n_contrasts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Loss of one batch and the per-contrast sums/counts of squared errors."""
+def _squared_errors(model: Callable[[torch.Tensor], torch.Tensor], samples: TrainingSamples,
+                    idx: torch.Tensor, acquisition: StackAcquisition, n_contrasts: int,
+                    stratified: bool = True, learn: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared error of every voxel in ``idx`` and its contrast index (``learn``: with
+    gradients to the acquisition parameters)."""
     c = samples.contrast[idx]
-    pts = samples.profile_points(idx)  # (B, K, 3)
+    pts = samples.profile_points(idx, acquisition, stratified, learn)  # (B, K, 3)
     b, k = pts.shape[:2]
     out = model(pts.reshape(-1, 3)).reshape(b, k, n_contrasts)
     pred = out.gather(2, c.view(-1, 1, 1).expand(-1, k, 1)).squeeze(2).mean(dim=1)
-    sq = (pred - samples.values[idx]) ** 2
+    return (pred - samples.values[idx]) ** 2, c
+
+
+def _batch_loss(model: Callable[[torch.Tensor], torch.Tensor], samples: TrainingSamples,
+                idx: torch.Tensor, acquisition: StackAcquisition, n_contrasts: int,
+                learn: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Loss of one batch and the per-contrast sums/counts of squared errors."""
+    sq, c = _squared_errors(model, samples, idx, acquisition, n_contrasts, learn=learn)
     sums = torch.zeros(n_contrasts, device=sq.device).index_add_(0, c, sq)
     counts = torch.zeros(n_contrasts, device=sq.device).index_add_(0, c, torch.ones_like(sq))
     present = counts > 0
@@ -80,28 +101,66 @@ def _batch_loss(model: Callable[[torch.Tensor], torch.Tensor], samples: Training
     return loss, sums.detach(), counts.detach()
 
 
-def train(model: torch.nn.Module, samples: TrainingSamples, contrasts: list[str],
-          config: TrainConfig, device: torch.device, mi_points: np.ndarray | None = None,
-          progress: Callable[[dict], None] | None = None,
-          on_epoch_end: Callable[[int, torch.nn.Module], None] | None = None) -> TrainHistory:
-    """Fit ``model`` to ``samples``; returns the loss and MI curves.
+def heldout_errors(model: torch.nn.Module, samples: TrainingSamples,
+                   acquisition: StackAcquisition, n_contrasts: int, device: torch.device,
+                   chunk: int = 65536) -> np.ndarray:
+    """Per-contrast mean squared error on the held-out voxels (NaN where a contrast has
+    none), with the profile's stratum midpoints."""
+    idx_all = torch.from_numpy(samples.heldout_indices()).to(device)
+    sums = torch.zeros(n_contrasts, device=device, dtype=torch.float64)
+    counts = torch.zeros(n_contrasts, device=device, dtype=torch.float64)
+    with torch.no_grad():
+        for start in range(0, idx_all.shape[0], chunk):
+            sq, c = _squared_errors(model, samples, idx_all[start:start + chunk], acquisition,
+                                    n_contrasts, stratified=False)
+            sums.index_add_(0, c, sq.double())
+            counts.index_add_(0, c, torch.ones_like(sq, dtype=torch.float64))
+    out = (sums / counts.clamp(min=1)).cpu().numpy()
+    out[counts.cpu().numpy() == 0] = np.nan
+    return out
 
-    ``mi_points`` are normalised coordinates (inside the LR-derived mask) where the
-    predicted contrasts' MI is measured after every epoch.
+
+def _optimiser(model: torch.nn.Module, acquisition: StackAcquisition,
+               config: TrainConfig) -> torch.optim.Adam:
+    groups = [{"params": list(model.parameters()), "lr": config.lr}]
+    if acquisition.width_logit.requires_grad:
+        groups.append({"params": [acquisition.width_logit], "lr": config.width_lr})
+    if acquisition.rotation.requires_grad:
+        groups.append({"params": [acquisition.rotation, acquisition.translation],
+                       "lr": config.pose_lr})
+    return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
+
+
+def _snapshot(*modules: torch.nn.Module) -> list[dict]:
+    return [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in modules]
+
+
+def train(model: torch.nn.Module, acquisition: StackAcquisition, samples: TrainingSamples,
+          contrasts: list[str], config: TrainConfig, device: torch.device,
+          mi_points: np.ndarray | None = None, progress: Callable[[dict], None] | None = None,
+          on_epoch_end: Callable[[int, torch.nn.Module], None] | None = None) -> TrainHistory:
+    """Fit ``model`` and the stacks' ``acquisition`` parameters to ``samples``.
+
+    Returns the loss, MI and held-out curves. ``mi_points`` are normalised coordinates
+    (inside the LR-derived mask) where the predicted contrasts' MI is measured after every
+    epoch.
     """
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     n_c = len(contrasts)
     samples = samples.to(device)
     model.to(device)
-    hist = TrainHistory(contrasts, loss={c: [] for c in contrasts})
-    n_epoch = int(samples.foreground.sum()
-                  + round(config.background_fraction * (~samples.foreground).sum()))
+    acquisition.to(device)
+    hist = TrainHistory(contrasts, loss={c: [] for c in contrasts},
+                        heldout={c: [] for c in contrasts})
+    has_heldout = samples.heldout_indices().size > 0
+    best: tuple[float, list[dict]] | None = None
+    n_epoch = samples.n_epoch(config.background_fraction)
     batch_size = config.effective_batch_size(n_epoch)
     steps_per_epoch = n_epoch // batch_size  # equal batches: the remainder waits for the next epoch
     forward: Callable[[torch.Tensor], torch.Tensor] = (
         torch.compile(model, dynamic=False) if config.compile else model)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.99), eps=1e-15)
+    opt = _optimiser(model, acquisition, config)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(
         opt, T_max=max(1, config.epochs * steps_per_epoch), eta_min=config.lr * 0.01)
     t0 = time.perf_counter()
@@ -120,20 +179,23 @@ def train(model: torch.nn.Module, samples: TrainingSamples, contrasts: list[str]
                     out_of_time = True
                     break
                 for group in opt.param_groups:
-                    group["lr"] = config.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * spent)))
+                    group["lr"] = group["initial_lr"] * (
+                        0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * spent)))
             idx = order[step * batch_size:(step + 1) * batch_size]
+            learn = (acquisition.learns and epoch > config.acquisition_warmup
+                     and step % config.acquisition_every == 0)
             try:
-                loss, s, n = _batch_loss(forward, samples, idx, n_c)
+                loss, s, n = _batch_loss(forward, samples, idx, acquisition, n_c, learn)
             except Exception as exc:  # torch.compile needs a C++ toolchain; fall back to eager
                 if forward is model:
                     raise
                 log.warning("torch.compile unavailable (%s: %s); training without it",
                             type(exc).__name__, str(exc).splitlines()[0][:200])
                 forward = model
-                loss, s, n = _batch_loss(forward, samples, idx, n_c)
+                loss, s, n = _batch_loss(forward, samples, idx, acquisition, n_c, learn)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            opt.step()  # Adam leaves the acquisition parameters alone when they got no gradient
             if config.max_seconds is None:
                 sched.step()
             sums += s
@@ -148,6 +210,14 @@ def train(model: torch.nn.Module, samples: TrainingSamples, contrasts: list[str]
         mi = None
         if mi_points is not None and n_c > 1:
             mi = mean_pairwise_mi(predict_points(model, mi_points, device))
+        held = heldout_errors(model, samples, acquisition, n_c, device) if has_heldout else None
+        for j, name in enumerate(contrasts):
+            hist.heldout[name].append(None if held is None or np.isnan(held[j]) else float(held[j]))
+        if held is not None and np.isfinite(held).any():
+            score = float(np.nanmean(held))
+            if best is None or score < best[0]:
+                best = (score, _snapshot(model, acquisition))
+                hist.best_epoch = epoch
         hist.epoch.append(epoch)
         hist.mi.append(mi)
         hist.seconds.append(time.perf_counter() - t0)
@@ -166,12 +236,21 @@ def train(model: torch.nn.Module, samples: TrainingSamples, contrasts: list[str]
         hist.stopped_epoch = epoch
         if out_of_time:
             break
+        if best is not None and epoch - hist.best_epoch >= config.holdout_patience:
+            hist.stopped_early = epoch < config.epochs
+            log.info("held-out error not improved for %d epochs: stopping at epoch %d",
+                     config.holdout_patience, epoch)
+            break
         mi_values = [m for m in hist.mi if m is not None]
         if (config.mi_stopping and epoch >= config.min_epochs and epoch < config.epochs
                 and mi_plateaued(mi_values, config.mi_window, config.mi_tolerance)):
             hist.stopped_early = True
             log.info("MI plateaued: stopping at epoch %d", epoch)
             break
+    if best is not None and hist.best_epoch != hist.stopped_epoch:
+        model.load_state_dict(best[1][0])
+        acquisition.load_state_dict(best[1][1])
+        log.info("keeping epoch %d, the lowest held-out error", hist.best_epoch)
     if out_of_time:  # mid-epoch, or exactly at an epoch boundary (that epoch not recorded)
         hist.stopped_early = hist.stopped_epoch < config.epochs
         log.info("time budget of %.0f s spent: stopping after %d epochs (the last may be "

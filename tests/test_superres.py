@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from bids_mcsr.acquisition_fit import StackAcquisition
 from bids_mcsr.geometry import CoordinateFrame, Grid
 from bids_mcsr.io import Stack
 from bids_mcsr.metrics import cubic_baseline, psnr, ssim
@@ -90,19 +91,22 @@ def small_case():
 
 
 def small_samples_and_model():
-    """Point-sampled training set of ``small_case`` and a fresh fast model for it."""
+    """Point-sampled training set of ``small_case``, a fresh fast model for it and the
+    stacks' fixed acquisition parameters."""
     stacks = small_case()
     frame = CoordinateFrame.from_stacks(stacks)
     masks, scalers = stack_masks_and_scalers(stacks)
     samples = build_samples(stacks, ["T1w", "T2w"], frame, scalers, masks, "none")
-    return samples, build_model(model_spec("fast"), 2, 2 * frame.half_extent_mm)
+    acquisition = StackAcquisition(stacks, frame, samples.profiled, learn_profile=False,
+                                   refine_pose=False, reference=0)
+    return samples, build_model(model_spec("fast"), 2, 2 * frame.half_extent_mm), acquisition
 
 
 def test_mi_early_stopping_fires_before_the_last_epoch():
-    samples, model = small_samples_and_model()
+    samples, model, acquisition = small_samples_and_model()
     mi_points = samples.coords[samples.foreground][:2000].numpy()
     cfg = TrainConfig(epochs=30, min_epochs=3, mi_window=2, mi_tolerance=0.05, min_steps_per_epoch=20)
-    hist = train(model, samples, ["T1w", "T2w"], cfg, torch.device("cpu"), mi_points)
+    hist = train(model, acquisition, samples, ["T1w", "T2w"], cfg, torch.device("cpu"), mi_points)
     assert hist.stopped_early and hist.stopped_epoch < 30
     assert len(hist.mi) == hist.stopped_epoch
 
@@ -121,24 +125,26 @@ def test_same_seed_same_output_and_single_contrast_runs():
 
 
 def test_a_time_budget_stops_training():
-    samples, model = small_samples_and_model()
+    samples, model, acquisition = small_samples_and_model()
     cfg = TrainConfig(epochs=1000, min_steps_per_epoch=5, mi_stopping=False, max_seconds=2.0)
-    hist = train(model, samples, ["T1w", "T2w"], cfg, torch.device("cpu"))
+    hist = train(model, acquisition, samples, ["T1w", "T2w"], cfg, torch.device("cpu"))
     assert hist.stopped_early and 1 <= hist.stopped_epoch < 1000
     assert len(hist.epoch) == hist.stopped_epoch
     # past the budget by one step and the epoch's bookkeeping at most (CI machines are slow)
     assert 2.0 <= hist.seconds[-1] < 2.0 + 5.0
     assert all(np.isfinite(v) for v in hist.loss["T1w"])
     # a budget spent at an epoch boundary (here: before the first step) still stops early
-    spent = train(model, samples, ["T1w", "T2w"], TrainConfig(epochs=3, max_seconds=1e-9),
-                  torch.device("cpu"))
+    spent = train(model, acquisition, samples, ["T1w", "T2w"],
+                  TrainConfig(epochs=3, max_seconds=1e-9), torch.device("cpu"))
     assert spent.stopped_early and spent.epoch == [] and spent.stopped_epoch == 0
 
 
 def test_back_projection_makes_the_outputs_reproduce_their_stacks():
+    """Without held-out slices to choose from, every round runs (and halves the misfit)."""
     stacks = small_case()
-    on = super_resolve(stacks, SRConfig(epochs=1, seed=0))
-    off = super_resolve(stacks, SRConfig(epochs=1, seed=0, consistency_iterations=0))
+    fixed = {"learn_profile": False, "refine_registration": False, "holdout_fraction": 0.0}
+    on = super_resolve(stacks, SRConfig(epochs=1, seed=0, **fixed))
+    off = super_resolve(stacks, SRConfig(epochs=1, seed=0, consistency_iterations=0, **fixed))
 
     def misfit(result, stack):
         predicted = resimulate_stack(result.volumes[stack.contrast], result.grid, stack, "gaussian")

@@ -174,7 +174,9 @@ def _sr_config(opts: Namespace) -> dict:
     return {"model": opts.model, "slice_profile": opts.slice_profile, "epochs": opts.epochs,
             "seed": opts.seed, "device": opts.device, "threads": opts.omp_nthreads,
             "mem_gb": opts.mem_gb, "output_spacing": opts.output_resolution,
-            "consistency_iterations": opts.consistency_iterations}
+            "consistency_iterations": opts.consistency_iterations,
+            "learn_profile": opts.profile_fit, "refine_registration": opts.pose_fit,
+            "holdout_fraction": opts.holdout_fraction}
 
 
 def _run_options(opts: Namespace) -> dict:

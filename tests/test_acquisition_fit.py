@@ -1,0 +1,76 @@
+"""Per-stack acquisition parameters: bounds, the pose's world transform, and gradients."""
+
+import numpy as np
+import torch
+
+from bids_mcsr.acquisition_fit import FWHM_MAX_OF_SPACING, StackAcquisition, profile_bounds
+from bids_mcsr.geometry import CoordinateFrame
+from bids_mcsr.io import Stack
+
+
+def stacks():
+    ax = np.diag([1.0, 1.0, 4.0, 1.0])
+    ax[:3, 3] = [-40, -50, -30]
+    cor = np.array([[1.0, 0, 0, -40], [0, 0, 4.0, -50], [0, 1.0, 0, -30], [0, 0, 0, 1]])
+    return [Stack(np.ones((80, 90, 16), np.float32), ax, "T1w", "ax.nii.gz", 3.0),
+            Stack(np.ones((80, 70, 20), np.float32), cor, "T2w", "cor.nii.gz", None)]
+
+
+def test_widths_start_at_the_header_within_physical_bounds():
+    s = stacks()
+    lo, hi = profile_bounds(s[0])
+    assert lo == 0.5 and hi == FWHM_MAX_OF_SPACING * 4.0
+    acq = StackAcquisition(s, CoordinateFrame.from_stacks(s), [True, True], True, True, 0)
+    assert np.allclose(acq.fwhm_mm().detach().numpy(), [3.0, 4.0], atol=1e-3)
+    fixed = StackAcquisition(s, CoordinateFrame.from_stacks(s), [True, False], True, True, 0)
+    assert fixed.fwhm_mm().detach().numpy()[1] == 0.0  # point-sampled
+    fitted = acq.fitted()
+    assert all(np.allclose(f.correction, np.eye(4)) and f.shift_mm == 0 for f in fitted)
+
+
+def test_the_reported_world_correction_is_the_pose_applied_in_training():
+    s = stacks()
+    frame = CoordinateFrame.from_stacks(s)
+    acq = StackAcquisition(s, frame, [True, True], False, True, reference=0)
+    with torch.no_grad():
+        acq.rotation[:] = torch.tensor([[0.1, 0.2, 0.3], [0.02, -0.03, 0.04]])
+        acq.translation[:] = torch.tensor([[0.5, 0.5, 0.5], [0.01, 0.02, -0.015]])
+    world = np.array([[10.0, -20.0, 5.0], [-30.0, 12.0, 40.0]])
+    x = torch.from_numpy(frame.normalise(world)).reshape(2, 1, 3)
+    moved = acq.move(x, torch.tensor([1, 1])).detach().numpy().reshape(2, 3)
+    moved_mm = moved * frame.half_extent_mm + frame.centre
+    fitted = acq.fitted()
+    expected = world @ fitted[1].correction[:3, :3].T + fitted[1].correction[:3, 3]
+    assert np.allclose(moved_mm, expected, atol=1e-3)
+    # the reference stack stays where it is, whatever its parameters say
+    assert np.allclose(fitted[0].correction, np.eye(4))
+    assert np.isclose(fitted[1].rotation_deg, np.degrees(np.linalg.norm([0.02, -0.03, 0.04])), atol=1e-3)
+    assert fitted[1].shift_mm > 1.0
+
+
+def test_gradients_reach_width_and_pose_only_when_they_learn():
+    from bids_mcsr.encoding import HashGridEncoding
+    from bids_mcsr.sampling import build_samples, stack_masks_and_scalers
+
+    s = stacks()
+    rng = np.random.default_rng(0)
+    s = [st.with_data(rng.random(st.data.shape).astype(np.float32)) for st in s]
+    frame = CoordinateFrame.from_stacks(s)
+    masks, scalers = stack_masks_and_scalers(s)
+    samples = build_samples(s, ["T1w", "T2w"], frame, scalers, masks, "gaussian")
+    acq = StackAcquisition(s, frame, samples.profiled, True, True, reference=0)
+    enc = HashGridEncoding(2 * frame.half_extent_mm, n_levels=3, log2_table_size=12)
+    with torch.no_grad():
+        for t in enc.tables:
+            t.normal_()
+    idx = torch.arange(0, len(samples), 97)
+    for learn in (True, False):
+        acq.zero_grad(set_to_none=True)
+        loss = enc(samples.profile_points(idx, acq, learn=learn).reshape(-1, 3)).sum()
+        loss.backward()
+        grads = [acq.width_logit.grad, acq.rotation.grad, acq.translation.grad]
+        if learn:
+            assert all(g is not None and torch.count_nonzero(g) > 0 for g in grads)
+            assert torch.all(acq.rotation.grad[0] == 0)  # the reference does not move
+        else:
+            assert all(g is None for g in grads)
