@@ -409,7 +409,8 @@ def stage_unit(staging: Path, unit: SubjectSession, sr: dict, result: dict,
     atomic_write(qc_dir / f"{unit.name}_desc-training_curves.tsv",
                  curves_tsv(result["history"]))
     write_json(qc_dir / f"{unit.name}_desc-qc.json",
-               qc_record(unit.subject, unit.session, unit.contrasts, result))
+               qc_record(unit.subject, unit.session, unit.contrasts, result,
+                         stack_names=[Path(run.path).name for run in unit.runs]))
 
 
 def write_failure(output_dir: Path, unit: SubjectSession, error: str) -> Path:

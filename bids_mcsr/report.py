@@ -27,6 +27,9 @@ from .bids import bids_name, split_contrast
 from .derivatives import atomic_path, atomic_write, unit_dir, write_json
 from .geometry import Grid
 from .io import Stack, load_stack
+from .qc import (ALIGNMENT_MARGIN, ALIGNMENT_STEP_MM, GAIN_MARGIN_DB, NOISE_PERCENT_MAX,
+                 POSE_ROTATION_MAX_DEG, POSE_SHIFT_MAX_MM, mi_rule_epoch, misaligned,
+                 noise_problem, pose_problem, profile_problem, verdict_text)
 from .report_figures import focus_point, plot_lr_vs_sr, plot_registration, plot_training
 from .report_html import fmt, figure, page, paragraph, section, table
 from .report_metrics import grid_axis_along, subject_metrics
@@ -103,9 +106,13 @@ def write_figures(output_dir: Path, unit: str, subject: str, stacks: Sequence[St
         out["registration"].append((path, f"{stack.name} after registration, with the edges "
                                           f"of the reference {reference.name} in red"))
     path = _atomic_figure(plot_training, _png(fig_dir, unit, "training"),
-                          result.history, result.stopped_epoch)
-    out["training"].append((path, "training loss per contrast and MI between the predicted "
-                                  "contrasts; the dashed line marks where training stopped"))
+                          result.history, result.stopped_epoch,
+                          mi_rule_epoch(result.history, result.settings))
+    out["training"].append((path, "training loss per contrast, error on the held-out slices "
+                                  "per contrast (the green line marks the epoch kept) and MI "
+                                  "between the predicted contrasts (the dotted line marks "
+                                  "where the MI plateau rule stops); the dashed line marks "
+                                  "where training stopped"))
     return out
 
 
@@ -130,6 +137,116 @@ def build_record(subject: str, session: str | None, stacks: Sequence[Stack],
             "extra": {k: v for k, v in extra.items() if k != "peak_memory_gb"}}
 
 
+def verdict_section(record: dict) -> str:
+    """The report's lead: per contrast the held-out verdict, then the registration check,
+    the noise level and the slice profile of every stack (red only for a real problem)."""
+    parts = []
+    for contrast, per in record["per_contrast"].items():
+        judged = per.get("verdict")
+        css = {"better": "ok", None: None}.get(judged, "flag")
+        rounds = per.get("consistency_rounds")
+        extra = ("" if rounds is None else
+                 f"; {rounds} back-projection round(s) kept")
+        parts.append(paragraph(f"{contrast}: {verdict_text(per)}{extra}", css))
+    stacks = record.get("stacks", [])
+    moved = [s for s in stacks if pose_problem(s["pose_shift_mm"], s["pose_rotation_deg"])]
+    off = [s for s in stacks if misaligned(s.get("alignment"))]
+    for s in moved:
+        parts.append(paragraph(
+            f"registration looks wrong for {s['name']}: the fit moved it by "
+            f"{fmt(s['pose_shift_mm'], 3)} mm / {fmt(s['pose_rotation_deg'], 3)}° on top of "
+            f"registration (limit {POSE_SHIFT_MAX_MM:g} mm / {POSE_ROTATION_MAX_DEG:g}°)",
+            "flag"))
+    for s in off:
+        parts.append(paragraph(f"registration looks wrong for {s['name']}: "
+                               + alignment_text(s["alignment"]), "flag"))
+    if not stacks:
+        parts.append(paragraph("registration check: no acquisition fit recorded"))
+    elif not moved and not off:
+        largest = max(stacks, key=lambda s: s["pose_shift_mm"] or 0.0)
+        checked = any(s.get("alignment") for s in stacks)
+        parts.append(paragraph(
+            "registration check: "
+            + (f"every stack matches the reference best where it is (not moved by "
+               f"±{ALIGNMENT_STEP_MM:g} mm), and " if checked else "")
+            + f"the fit's pose corrections on top of registration are within "
+            f"{POSE_SHIFT_MAX_MM:g} mm and {POSE_ROTATION_MAX_DEG:g}° (largest "
+            f"{fmt(largest['pose_shift_mm'], 2)} mm, {largest['name']})", "ok"))
+    if stacks:
+        noisy = any(noise_problem(s["noise_percent"]) for s in stacks)
+        parts.append(paragraph(
+            "estimated noise (% of each stack's intensity range): "
+            + ", ".join(f"{s['name']} {fmt(s['noise_percent'], 2)} %" for s in stacks)
+            + (f"; above {NOISE_PERCENT_MAX:g} % is flagged" if noisy else ""),
+            "flag" if noisy else None))
+    for s in stacks:
+        if profile_problem(s["fwhm_ratio"]):
+            parts.append(paragraph(
+                f"slice profile of {s['name']}: fitted FWHM {fmt(s['fitted_fwhm_mm'], 3)} mm "
+                f"vs header SliceThickness {fmt(s['header_thickness_mm'], 3)} mm: check the "
+                "header",
+                "flag"))
+    return "".join(parts)
+
+
+def alignment_text(check: dict | None) -> str:
+    """One stack's alignment check in words (see ``report_metrics.alignment_check``)."""
+    if not check:
+        return "reference"
+    if check.get("mi_in_place") is None:
+        return "too little overlap to check"
+    axis = int(np.argmax(np.abs(check["offset_mm"])))
+    sign = "+" if check["offset_mm"][axis] > 0 else "-"
+    where = (f"moved by {sign}{ALIGNMENT_STEP_MM:g} mm along world {'xyz'[axis]}")
+    if misaligned(check):
+        return (f"the reference matches it better {where} (MI {check['mi_in_place']:.3f} -> "
+                f"{check['mi_moved']:.3f} nats)")
+    return f"best in place (MI {check['mi_in_place']:.3f} nats; {check['mi_moved']:.3f} {where})"
+
+
+def acquisition_table(record: dict) -> str:
+    """One row per stack: header thickness, spacing, fitted profile and pose, noise and the
+    held-out scores."""
+    rows = [(s["name"], s["contrast"], s["header_thickness_mm"], s["spacing_mm"],
+             s["fitted_fwhm_mm"], s["pose_shift_mm"], s["pose_rotation_deg"],
+             s["noise_percent"], ", ".join(str(k) for k in s["heldout_slices"]) or "none",
+             s["heldout_sr_psnr"], s["heldout_cubic_psnr"], s["heldout_gain_db"],
+             alignment_text(s.get("alignment")))
+            for s in record.get("stacks", [])]
+    return (table(["stack", "contrast", "header SliceThickness (mm)", "slice spacing (mm)",
+                   "fitted FWHM (mm)", "pose shift (mm)", "pose rotation (°)", "noise (%)",
+                   "held-out slices", "held-out SR PSNR (dB)", "held-out cubic PSNR (dB)",
+                   "gain (dB)", "alignment check"], rows)
+            + paragraph("Held-out slices were withheld from training and back-projection; "
+                        "the SR output re-simulates them through the stack's fitted "
+                        "acquisition model, and cubic B-spline interpolation predicts them "
+                        "from the stack's other slices. Fitted FWHM: the slice-profile width "
+                        "the fit learned (n/a for isotropic stacks). Pose: the rigid "
+                        "correction the fit applied on top of registration (the reference "
+                        "stays fixed). Noise: the stack's noise standard deviation as a "
+                        "percentage of its 0.5-99.5 percentile intensity range. Alignment "
+                        "check: mutual information between the stack's foreground voxels and "
+                        "the reference sampled at their place, and at their place moved by "
+                        f"±{ALIGNMENT_STEP_MM:g} mm along each world axis; a moved copy "
+                        f"better by more than {100 * ALIGNMENT_MARGIN:g} % flags the "
+                        "registration."))
+
+
+def _training_text(record: dict) -> str:
+    rule, best = record.get("mi_rule_epoch"), record.get("best_epoch")
+    kept = (f"the weights of epoch {best} were kept (lowest held-out error)" if best
+            else "no held-out slices: the last epoch was kept")
+    if record["mi_converged"] is None:
+        return f"{record['epochs_run']} epoch(s) run; {kept}; single contrast: no MI"
+    stop = (f"the MI plateau rule stops at epoch {rule}" if rule else
+            f"the MI plateau rule would not have stopped within the {record['epochs_run']} "
+            "epoch(s) run")
+    return (f"{record['epochs_run']} epoch(s) run; {kept}. MI (information): "
+            f"{fmt(record['final_mi_training'])} nats at the last epoch, changed by "
+            f"{fmt(record['mi_change_last_epochs'])} over the last "
+            f"{record['mi_change_epochs']} epochs; {stop}.")
+
+
 def render_subject(unit: str, record: dict, figures: dict[str, list[tuple[Path, str]]],
                    output_dir: Path) -> str:
     """The subject's HTML page from its record and figures (image paths made relative)."""
@@ -140,44 +257,54 @@ def render_subject(unit: str, record: dict, figures: dict[str, list[tuple[Path, 
                ("output grid", f"{fmt(record['output_grid']['shape'])} voxels of "
                                f"{fmt(record['output_grid']['spacing_mm'])} mm, "
                                f"{record['output_grid']['orientation']}"),
-               ("epochs run / stopped at", f"{record['epochs_run']} / {record['stopped_epoch']}"),
+               ("epochs run / stopped at / kept",
+                f"{record['epochs_run']} / {record['stopped_epoch']} / "
+                f"{fmt(record.get('best_epoch') or None)}"),
                ("SR runtime (s)", record["runtime_s"]),
                ("peak memory (GB)", record["peak_memory_gb"])]
     summary += [(f"step time: {k} (s)", v) for k, v in record["step_times_s"].items()]
     inputs = [(("* " if i["file"] == record["reference"] else "") + i["file"], i["contrast"],
-               i["shape"], i["voxel_size_mm"], i["orientation"], i["slice_thickness_mm"],
-               i["data_consistency"]["psnr_db"], i["data_consistency"]["ssim"])
+               i["shape"], i["voxel_size_mm"], i["orientation"], i["slice_thickness_mm"])
               for i in record["inputs"]]
-    quality = [(c, m["dc_psnr_db"], m["dc_ssim"], m["sharpness_ratio"], m["hf_per_axis"])
+    quality = [(c, m.get("heldout_sr_psnr"), m.get("heldout_cubic_psnr"),
+                m.get("heldout_gain_db"), m.get("verdict") or "n/a",
+                m.get("consistency_rounds"), m["sharpness_ratio"], m["hf_per_axis"])
                for c, m in record["per_contrast"].items()]
     mi_rows = [(pair, value) for pair, value in record["mi_between_sr"].items()]
-    converged = record["mi_converged"]
-    mi_text = ("single contrast: no MI" if converged is None else
-               f"training MI {fmt(record['final_mi_training'])} nats, changed by "
-               f"{fmt(record['mi_change_last_epochs'])} over the last "
-               f"{record['mi_change_epochs']} epochs: "
-               + ("converged" if converged else "NOT converged (more epochs may help)"))
+    dc = [(i["file"], i["contrast"], i["data_consistency"]["psnr_db"],
+           i["data_consistency"]["ssim"]) for i in record["inputs"]]
     body = "".join([
+        section("Verdict", verdict_section(record)),
         section("Summary", table(["item", "value"], summary)),
+        section("Acquisition and held-out slices", acquisition_table(record)),
         section("Inputs", table(["file (* = reference)", "contrast", "shape", "voxel size (mm)",
-                                 "orientation", "slice thickness (mm)", "DC PSNR (dB)",
-                                 "DC SSIM"], inputs)
-                + paragraph("DC (data consistency): each acquired stack re-simulated from the "
-                            "SR volume with its own geometry and slice profile, compared with "
-                            "the acquired voxels inside the stack's foreground.")),
+                                 "orientation", "slice thickness used (mm)"], inputs)),
         section("Quality without ground truth",
-                table(["contrast", "DC PSNR (dB)", "DC SSIM", "sharpness ratio",
-                       "high-frequency energy per grid axis (1/mm²)"], quality)
-                + paragraph("Sharpness ratio: high-frequency energy (mean absolute second "
-                            "difference) along the reference's slice axis over the in-plane "
-                            "mean, inside the mask; about 1 for an isotropic result, well "
-                            "below 1 when thick-slice blur remains.")
+                table(["contrast", "held-out SR PSNR (dB)", "held-out cubic PSNR (dB)",
+                       "gain (dB)", "verdict", "back-projection rounds kept",
+                       "sharpness ratio", "high-frequency energy per grid axis (1/mm²)"],
+                      quality)
+                + paragraph(f"Verdict: better when SR beats cubic interpolation of the "
+                            f"held-out slices by more than {GAIN_MARGIN_DB:g} dB, worse when "
+                            f"it loses more than {GAIN_MARGIN_DB:g} dB, no better in between. "
+                            "Back-projection rounds: how many rounds the held-out slices "
+                            "said pay. Sharpness ratio: high-frequency energy (mean absolute "
+                            "second difference) along the reference's slice axis over the "
+                            "in-plane mean, inside the mask; about 1 for an isotropic result, "
+                            "well below 1 when thick-slice blur remains.")
                 + table(["SR contrasts", "MI on the SR volumes (nats)"], mi_rows)
-                + paragraph(mi_text, "ok" if converged in (True, None) else "flag")),
+                + paragraph(_training_text(record))),
         section("Acquired vs super-resolved", figs("sr")),
         section("Registration", figs("registration") or
                 paragraph("one stack only: nothing was registered")),
         section("Training", figs("training")),
+        section("Data consistency after back-projection (not a quality measure)",
+                table(["file", "contrast", "DC PSNR (dB)", "DC SSIM"], dc)
+                + paragraph("Each acquired stack re-simulated from the SR volume with its own "
+                            "geometry and slice profile, against its acquired voxels. "
+                            "Back-projection makes the output reproduce the stacks, so this "
+                            "is near-perfect by construction and says nothing about the "
+                            "detail between the slices: use the held-out scores above.")),
         section("Settings", table(["setting", "value"],
                                   flatten(record["settings"]) + flatten(record["extra"]))),
     ])
@@ -245,7 +372,8 @@ def load_sr_result(sr_outputs: dict) -> SRResult:
                     mask=np.asarray(mask_img.dataobj, np.uint8), history=meta["history"],
                     stopped_epoch=meta["stopped_epoch"], epochs_run=meta["epochs_run"],
                     final_mi=meta["final_mi"], runtime_s=meta["runtime_s"],
-                    device=meta["device"], settings=meta["settings"])
+                    device=meta["device"], settings=meta["settings"],
+                    acquisition=meta.get("acquisition", []), validation=meta.get("validation", {}))
 
 
 def write_subject_report_from_files(output_dir: str, subject: str, session: str | None,

@@ -156,15 +156,19 @@ def plot_registration(reference: Stack, moving: Stack, grid: Grid, point: Sequen
     return _save(fig, path)
 
 
-def plot_training(history: dict, stopped_epoch: int | None, path: Path) -> Path:
-    """Loss per contrast and MI between contrasts against the epoch, stop marked.
+def plot_training(history: dict, stopped_epoch: int | None, mi_rule_epoch: int | None,
+                  path: Path) -> Path:
+    """Loss per contrast, held-out error per contrast and MI between contrasts per epoch.
 
     Parameters
     ----------
     history : dict
-        ``SRResult.history``.
+        ``SRResult.history`` (``heldout_mse`` and ``best_epoch`` when slices were held out).
     stopped_epoch : int, optional
-        Epoch training stopped at (drawn as a dashed line).
+        Epoch training stopped at (dashed line).
+    mi_rule_epoch : int, optional
+        Epoch at which the MI plateau rule stops, or would have (dotted line on the MI
+        panel).
     path : Path
         PNG to write.
 
@@ -174,23 +178,44 @@ def plot_training(history: dict, stopped_epoch: int | None, path: Path) -> Path:
         ``path``.
     """
     epochs = history.get("epoch", [])
-    fig = Figure(figsize=(11, 3.5))
-    loss_ax, mi_ax = fig.subplots(1, 2)
+    best = history.get("best_epoch") or None
+    fig = Figure(figsize=(15, 3.6))
+    loss_ax, held_ax, mi_ax = fig.subplots(1, 3)
     for contrast, values in history.get("loss", {}).items():
         loss_ax.plot(epochs, values, marker="o", ms=3, label=contrast)
     loss_ax.set(xlabel="epoch", ylabel="training loss", title="loss per contrast")
     if any(v and v > 0 for vals in history.get("loss", {}).values() for v in vals):
         loss_ax.set_yscale("log")
     loss_ax.legend(fontsize=8)
+    curves = {c: [(e, v) for e, v in zip(epochs, values) if v is not None]
+              for c, values in (history.get("heldout_mse") or {}).items()}
+    curves = {c: pts for c, pts in curves.items() if pts}
+    for contrast, points in curves.items():
+        held_ax.plot(*zip(*points), marker="o", ms=3, label=contrast)
+    if curves:
+        if all(v > 0 for pts in curves.values() for _, v in pts):
+            held_ax.set_yscale("log")
+        if best:
+            held_ax.axvline(best, color="tab:green", lw=1.5, label=f"kept: epoch {best}")
+        held_ax.legend(fontsize=8)
+    else:
+        held_ax.text(0.5, 0.5, "no held-out slices", ha="center", transform=held_ax.transAxes)
+    held_ax.set(xlabel="epoch", ylabel="held-out MSE (normalised)",
+                title="held-out slices (lower is better)")
     mi = [(e, m) for e, m in zip(epochs, history.get("mi", [])) if m is not None]
     if mi:
-        mi_ax.plot(*zip(*mi), marker="o", ms=3, color="tab:purple")
+        mi_ax.plot(*zip(*mi), marker="o", ms=3, color="tab:purple", label="MI")
+        if mi_rule_epoch:
+            mi_ax.axvline(mi_rule_epoch, color="tab:purple", ls=":", lw=1.5,
+                          label=f"MI rule stops: epoch {mi_rule_epoch}")
     else:
         mi_ax.text(0.5, 0.5, "single contrast: no MI", ha="center", transform=mi_ax.transAxes)
-    mi_ax.set(xlabel="epoch", ylabel="MI (nats)", title="MI between contrasts")
+    mi_ax.set(xlabel="epoch", ylabel="MI (nats)", title="MI between contrasts (information)")
     if stopped_epoch:
-        for ax in (loss_ax, mi_ax):
-            ax.axvline(stopped_epoch, color="k", ls="--", lw=1, label="stopped")
-        mi_ax.legend(["MI", f"stopped at {stopped_epoch}"] if mi else [], fontsize=8)
+        for ax in (loss_ax, held_ax, mi_ax):
+            ax.axvline(stopped_epoch, color="k", ls="--", lw=1,
+                       label=f"stopped at {stopped_epoch}" if ax is mi_ax else None)
+    if mi:
+        mi_ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)

@@ -1,9 +1,17 @@
 """Quality metrics that need no ground truth, for the subject report and the group level.
 
+* Held-out slices (computed by the fit, judged by :mod:`bids_mcsr.qc`): a few slices of
+  every thick stack were withheld; the SR output re-simulates them and is scored against
+  cubic interpolation of the same slices from the stack's other slices. With the fitted
+  pose correction (registration check), slice-profile width and noise level of each stack,
+  these lead the report.
 * Data consistency: each acquired stack re-simulated from the SR volume (same geometry,
   same slice profile) against the acquired voxels, inside the stack's own foreground.
-* Convergence: the MI between SR contrasts at the end of training, and how much it still
-  moved over the last epochs.
+  Back-projection makes the output reproduce its stacks, so this is near-perfect by
+  construction: a check of the machinery, not a quality measure.
+* Convergence: the MI between SR contrasts at the end of training, how much it still
+  moved over the last epochs and the epoch its plateau rule stops at (information only:
+  the epoch kept is the one with the lowest held-out error).
 * Sharpness: high-frequency energy (mean absolute second difference) along the
   reference's slice axis against the in-plane axes; an isotropic result gives a ratio near
   1, a result that kept the thick slices' blur gives clearly less.
@@ -23,6 +31,8 @@ from .intensity import foreground_mask
 from .io import Stack
 from .metrics import mutual_information, psnr, ssim
 from .mi_stopping import mi_plateaued
+from .qc import (ALIGNMENT_STEP_MM, contrast_quality, mi_rule_epoch, misaligned, quality_flags,
+                 stack_rows)
 from .slice_profile import resimulate_stack, slice_normal
 from .superres import SRResult
 
@@ -151,6 +161,74 @@ def sr_mutual_information(volumes: dict[str, np.ndarray], mask: np.ndarray) -> d
             for a, b in combinations(volumes, 2)}
 
 
+ALIGNMENT_MAX_POINTS = 300_000
+
+
+def alignment_check(moving: Stack, reference: Stack, step_mm: float = ALIGNMENT_STEP_MM,
+                    max_points: int = ALIGNMENT_MAX_POINTS) -> dict:
+    """Does the reference match ``moving`` best where it is, or moved by ``step_mm``?
+
+    The reference is sampled (linear interpolation) at the world positions of the moving
+    stack's foreground voxels, in place and moved by ``±step_mm`` along each world axis; the
+    mutual information of each copy with the moving voxels is compared on the voxels every
+    copy covers. Independent of the registration and of the fit's pose correction: a stack
+    misaligned by more than about half the step matches better moved towards its true place.
+
+    Parameters
+    ----------
+    moving, reference : Stack
+        Placed as the fit used them (registered, pose-corrected).
+    step_mm : float
+        How far the moved copies go.
+    max_points : int
+        Voxels used at most (an even in-plane subsampling of larger stacks).
+
+    Returns
+    -------
+    dict
+        ``mi_in_place`` and ``mi_moved`` (the best moved copy, nats), ``offset_mm`` (its
+        world offset, 3 floats) and ``voxels`` compared; MI values are None when the stacks
+        do not overlap.
+    """
+    axis = moving.through_plane_axis
+    stride = [1, 1, 1]
+    excess = moving.data.size / max_points
+    if excess > 1:
+        step = int(np.ceil(np.sqrt(excess)))
+        stride = [1 if a == axis else step for a in range(3)]
+    data = moving.data[::stride[0], ::stride[1], ::stride[2]]
+    fg = foreground_mask(moving.data)[::stride[0], ::stride[1], ::stride[2]].ravel()
+    idx = np.indices(data.shape).reshape(3, -1) * np.asarray(stride)[:, None]
+    world = moving.affine[:3, :3] @ idx[:, fg] + moving.affine[:3, 3:4]
+    to_ref = np.linalg.inv(reference.affine)
+    limits = np.asarray(reference.data.shape, float)[:, None] - 0.5
+    offsets = [np.zeros(3)] + [sign * step_mm * np.eye(3)[a] for a in range(3)
+                               for sign in (-1.0, 1.0)]
+    ref = np.asarray(reference.data, np.float64)
+    inside = np.ones(world.shape[1], bool)
+    sampled = []
+    for offset in offsets:
+        vox = to_ref[:3, :3] @ (world + offset[:, None]) + to_ref[:3, 3:4]
+        inside &= np.all((vox > -0.5) & (vox < limits), axis=0)
+        sampled.append(ndimage.map_coordinates(ref, vox, order=1, mode="nearest"))
+    values = data.ravel()[fg][inside]
+    if values.size < 100:
+        return {"mi_in_place": None, "mi_moved": None, "offset_mm": None,
+                "voxels": int(values.size)}
+    mis = [mutual_information(values, s[inside]) for s in sampled]
+    best = 1 + int(np.argmax(mis[1:]))
+    return {"mi_in_place": mis[0], "mi_moved": mis[best],
+            "offset_mm": [float(v) + 0.0 for v in offsets[best]], "voxels": int(values.size)}
+
+
+def placed(stack: Stack, acquisition: dict | None) -> Stack:
+    """``stack`` moved by the fit's pose correction (when the fit recorded one)."""
+    correction = (acquisition or {}).get("pose_correction")
+    if correction is None:
+        return stack
+    return stack.with_affine(np.asarray(correction, float) @ stack.affine)
+
+
 def input_summary(stack: Stack) -> dict:
     """File, shape, voxel size, orientation and slice thickness of one stack."""
     return {"file": stack.name, "contrast": stack.contrast,
@@ -176,9 +254,11 @@ def subject_metrics(stacks: Sequence[Stack], reference_index: int, result: SRRes
     Returns
     -------
     dict
-        ``inputs`` (one summary per stack, with its data consistency), ``per_contrast``
-        (mean data consistency over the contrast's stacks, SR sharpness), ``mi_between_sr``,
-        and the convergence entries of :func:`mi_convergence`.
+        ``inputs`` (one summary per stack, with its data consistency), ``stacks`` (the
+        acquisition and held-out rows of :func:`bids_mcsr.qc.stack_rows`), ``per_contrast``
+        (the :func:`bids_mcsr.qc.contrast_quality` numbers and their ``flags``, mean data
+        consistency over the contrast's stacks, SR sharpness), ``mi_between_sr``, the
+        convergence entries of :func:`mi_convergence`, ``mi_rule_epoch`` and ``best_epoch``.
     """
     profile = result.settings.get("slice_profile", "gaussian")
     inputs = []
@@ -188,13 +268,33 @@ def subject_metrics(stacks: Sequence[Stack], reference_index: int, result: SRRes
                                                        result.grid, stack, profile)
         inputs.append(summary)
     axis = grid_axis_along(result.grid, slice_normal(stacks[reference_index]))
+    fit = result_dict(result)
+    rows = stack_rows(fit, [s.name for s in stacks])
+    fitted = (result.acquisition if len(result.acquisition) == len(stacks)
+              else [None] * len(stacks))
+    reference = placed(stacks[reference_index], fitted[reference_index])
+    for k, (row, stack) in enumerate(zip(rows, stacks)):
+        row["alignment"] = (None if k == reference_index else
+                            alignment_check(placed(stack, fitted[k]), reference))
     per_contrast = {}
     for contrast in result.contrasts:
         dcs = [i["data_consistency"] for i in inputs if i["contrast"] == contrast]
+        quality = contrast_quality(fit, contrast, rows)
+        quality["misaligned_stacks"] = sum(misaligned(r.get("alignment")) for r in rows
+                                           if r["contrast"] == contrast)
         per_contrast[contrast] = {
+            **quality, "flags": quality_flags(quality),
             "dc_psnr_db": _mean([d["psnr_db"] for d in dcs]),
             "dc_ssim": _mean([d["ssim"] for d in dcs]),
             **sharpness(result.volumes[contrast], result.mask, result.grid.spacing, axis)}
-    return {"inputs": inputs, "per_contrast": per_contrast,
+    return {"inputs": inputs, "stacks": rows, "per_contrast": per_contrast,
             "mi_between_sr": sr_mutual_information(result.volumes, result.mask),
-            **mi_convergence(result.history, result.settings)}
+            **mi_convergence(result.history, result.settings),
+            "mi_rule_epoch": mi_rule_epoch(result.history, result.settings),
+            "best_epoch": result.history.get("best_epoch")}
+
+
+def result_dict(result: SRResult) -> dict:
+    """The ``result.json`` keys of an SRResult that the QC rules read."""
+    return {"acquisition": result.acquisition, "validation": result.validation,
+            "history": result.history, "settings": result.settings}

@@ -44,21 +44,71 @@ def stacks_of(volumes: dict[str, np.ndarray], affine: np.ndarray,
             Stack(*t2, contrast="T2w", path="/raw/sub-01/anat/sub-01_T2w.nii.gz")]
 
 
+def fake_fit(stacks: list[Stack], gain_db: float | dict = 1.5, shift_mm: float | dict = 0.4,
+             rotation_deg: float = 0.3, noise_percent: float | dict = 1.2,
+             fwhm_mm: float | dict | None = None, header_mm: float | None = 6.0,
+             sr_psnr: float = 32.0, rounds: int = 2) -> dict:
+    """The ``validation`` and ``acquisition`` entries of a fit of ``stacks`` (as the SR core
+    writes them to ``result.json``), with chosen held-out gains, pose corrections, noise and
+    fitted widths; a dict value sets one contrast (others get the healthy default)."""
+    def pick(value, contrast, default):
+        return value.get(contrast, default) if isinstance(value, dict) else value
+
+    validation, acquisition = {}, []
+    for stack in stacks:
+        c = stack.contrast
+        gain = pick(gain_db, c, 1.5)
+        held = {"voxels": 900, "sr_psnr": sr_psnr, "cubic_psnr": sr_psnr - gain,
+                "gain_db": gain}
+        validation[c] = {**held, "consistency_rounds": rounds,
+                         "consistency_curve_psnr": [sr_psnr - 0.5, sr_psnr - 0.1, sr_psnr][
+                             :rounds + 1], "stacks": {stack.name: dict(held)}}
+        shift = pick(shift_mm, c, 0.4) if stack is not stacks[0] else 0.0
+        correction = np.eye(4)
+        correction[0, 3] = shift
+        acquisition.append({
+            "name": stack.name, "contrast": c, "header_thickness_mm": header_mm,
+            "spacing_mm": float(stack.voxel_sizes[stack.through_plane_axis]),
+            "fitted_fwhm_mm": pick(fwhm_mm, c, None) or 0.95 * stack.thickness,
+            "pose_shift_mm": shift,
+            "pose_rotation_deg": rotation_deg if stack is not stacks[0] else 0.0,
+            "pose_correction": correction.tolist(), "noise_sigma": 5.0,
+            "noise_percent": pick(noise_percent, c, 1.2), "heldout_slices": [3, 7],
+            "isotropic": False})
+    return {"validation": validation, "acquisition": acquisition}
+
+
 def fake_result(volumes: dict[str, np.ndarray], affine: np.ndarray,
-                mi: list[float] | None = None) -> SRResult:
-    """An SRResult whose 'SR volumes' are the given ones (e.g. the truth), on their grid."""
+                mi: list[float] | None = None, fit: dict | None = None) -> SRResult:
+    """An SRResult whose 'SR volumes' are the given ones (e.g. the truth), on their grid,
+    with the held-out validation and acquisition of ``fit`` (default: a healthy
+    :func:`fake_fit` of :func:`stacks_of`)."""
     mi = mi if mi is not None else [0.5, 0.8, 0.9, 0.91, 0.911, 0.911, 0.911, 0.911, 0.911]
     epochs = list(range(1, len(mi) + 1))
     loss = {c: [0.1 / e for e in epochs] for c in volumes}
+    heldout = {c: [0.02 / e + 0.002 * max(0, e - 7) for e in epochs] for c in volumes}
+    fit = fit if fit is not None else fake_fit(stacks_of(volumes, affine))
     mask = (volumes["T1w"] > 0.3 * volumes["T1w"].max()).astype(np.uint8)
     return SRResult(contrasts=list(volumes), volumes=volumes, grid=Grid(SHAPE, affine),
                     mask=mask, history={"epoch": epochs, "loss": loss, "mi": mi,
-                                        "seconds": [1.0 * e for e in epochs]},
+                                        "seconds": [1.0 * e for e in epochs],
+                                        "heldout_mse": heldout,
+                                        "best_epoch": min(7, epochs[-1])},
                     stopped_epoch=epochs[-1], epochs_run=len(epochs), final_mi=mi[-1],
                     runtime_s=12.5, device="cpu (2 threads)",
                     settings={"model": {"name": "fast"}, "slice_profile": "gaussian",
                               "mi_stopping": {"enabled": True, "window": 4,
-                                              "tolerance_nats": 2e-3, "min_epochs": 6}})
+                                              "tolerance_nats": 2e-3, "min_epochs": 6}},
+                    acquisition=fit["acquisition"], validation=fit["validation"])
+
+
+def result_json(result: SRResult) -> dict:
+    """The ``result.json`` content of an SRResult (what the QC record is built from)."""
+    return {"contrasts": result.contrasts, "history": result.history,
+            "stopped_epoch": result.stopped_epoch, "epochs_run": result.epochs_run,
+            "final_mi": result.final_mi, "runtime_s": result.runtime_s,
+            "device": result.device, "settings": result.settings,
+            "acquisition": result.acquisition, "validation": result.validation}
 
 
 def browser_dom(html: Path, tmp: Path) -> str:
