@@ -9,6 +9,8 @@ method, every number the mean over ``--seeds`` with the spread (max - min) besid
 * ``default``: the app's default fit;
 * ``net``: the same fit before back-projection; ``bp3``: the same fit with 3 fixed rounds
   (no held-out rule);
+* ``previous``: the previous release's default (header profile, registration as given,
+  no held-out slices, 3 fixed rounds);
 * ``fixed-profile``: a refit without slice-profile learning;
 * ``fixed-pose``: a refit without pose refinement (rows with a misplaced stack).
 
@@ -122,6 +124,11 @@ def run_row(row: Acquisition, seed: int, case, methods: list[str], threads: int)
     out["pose"] = {name: pose_error(np.asarray(a["pose_correction"]), moved[name], s)
                    for s, a in zip(stacks, res.acquisition) for name in [s.name] if name in moved}
     out["noise_percent"] = {s.name: a["noise_percent"] for s, a in zip(stacks, res.acquisition)}
+    if "previous" in methods:
+        alt = super_resolve(stacks, SRConfig(seed=seed, threads=threads, learn_profile=False,
+                                             refine_registration=False, holdout_fraction=0.0),
+                            grid=grid)
+        out["methods"]["previous"] = scores(alt.volumes, truth, mask, thick)
     if "fixed-profile" in methods:
         alt = super_resolve(stacks, SRConfig(seed=seed, threads=threads, learn_profile=False), grid=grid)
         out["methods"]["fixed-profile"] = scores(alt.volumes, truth, mask, thick)
@@ -162,8 +169,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--rows", default=None, help="comma-separated row numbers (default: all)")
-    p.add_argument("--methods", default="fixed-profile,fixed-pose",
-                   help="refits beside the default (fixed-profile, fixed-pose)")
+    p.add_argument("--methods", default="previous,fixed-profile,fixed-pose",
+                   help="refits beside the default (previous, fixed-profile, fixed-pose)")
     p.add_argument("--crop", default="96,112,80", help="truth crop (voxels of 1 mm)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=None)

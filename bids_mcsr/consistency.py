@@ -12,11 +12,11 @@ stacks do hold (in-plane texture at the stacks' native spacing). Iterative back-
    contrast that cover a voxel.
 
 The INR supplies what no single stack measures (through-plane detail, shared anatomy from the
-other contrasts); the back-projection keeps what the stacks measure exactly. It also puts
-back their noise and any error of the forward model, so the number of rounds is chosen per
-contrast on held-out slices (:mod:`bids_mcsr.holdout`): slices withheld from the rounds,
-whose residual is filled in from their neighbours, score every round and the best is kept,
-zero rounds included.
+other contrasts); the back-projection keeps what the stacks measure exactly. It would also put
+back their noise: each stack's residual is therefore weighted, every round, by its Wiener
+gain ``max(0, 1 - sigma^2 / mean residual power)`` over the stack's foreground, with
+``sigma`` the stack's estimated noise (:mod:`bids_mcsr.noise`). A residual at the noise
+floor is not back-projected at all; one far above it is back-projected whole.
 """
 
 from __future__ import annotations
@@ -27,9 +27,8 @@ import numpy as np
 from scipy import ndimage
 
 from .geometry import Grid
-from .holdout import fill_from_neighbours, heldout_errors
 from .io import Stack
-from .slice_profile import resimulate_stack, spline_coefficients
+from .slice_profile import resimulate_stack
 
 DEFAULT_CONSISTENCY_ITERATIONS = 3  # chosen on the benchmark cases (docs/evaluation.md)
 MIN_INPLANE_RATIO = 0.5  # stacks sampled much finer in-plane than the output are not back-projected
@@ -61,18 +60,41 @@ def usable_for_back_projection(stack: Stack, grid: Grid) -> bool:
     return bool(finest >= MIN_INPLANE_RATIO * float(grid.spacing.min()))
 
 
+def fill_from_neighbours(values: np.ndarray, axis: int, slices: Sequence[int]) -> np.ndarray:
+    """``values`` with each of ``slices`` replaced by the mean of its two neighbours."""
+    out = np.array(values, copy=True)
+    for k in slices:
+        index = [slice(None)] * values.ndim
+        index[axis] = slice(k, k + 1)
+        out[tuple(index)] = 0.5 * (np.take(values, [k - 1], axis=axis)
+                                   + np.take(values, [k + 1], axis=axis))
+    return out
+
+
+def residual_weight(residual: np.ndarray, mask: np.ndarray | None, sigma: float | None) -> float:
+    """Wiener gain of a stack's residual: the share of its power (inside ``mask``) above the
+    noise floor ``sigma``; 1 when the noise is unknown."""
+    if sigma is None:
+        return 1.0
+    values = residual[mask] if mask is not None and mask.any() else residual
+    power = float(np.mean(np.square(values, dtype=np.float64)))
+    return 0.0 if power <= 0 else max(0.0, 1.0 - sigma ** 2 / power)
+
+
 def enforce_consistency(volume: np.ndarray, grid: Grid, stacks: Sequence[Stack], profile: str,
-                        iterations: int, n_samples: int = 5) -> np.ndarray:
-    """The volume after ``iterations`` rounds of :func:`consistency_rounds`."""
+                        iterations: int, n_samples: int = 5, **kwargs) -> np.ndarray:
+    """The volume after ``iterations`` rounds of :func:`consistency_rounds` (same keywords)."""
     out = None
-    for out in consistency_rounds(volume, grid, stacks, profile, iterations, n_samples):
+    for out in consistency_rounds(volume, grid, stacks, profile, iterations, n_samples, **kwargs):
         pass
     return out
 
 
 def consistency_rounds(volume: np.ndarray, grid: Grid, stacks: Sequence[Stack], profile: str,
                        iterations: int, n_samples: int = 5,
-                       heldout: Sequence[Sequence[int]] | None = None) -> Iterator[np.ndarray]:
+                       heldout: Sequence[Sequence[int]] | None = None,
+                       noise: Sequence[float] | None = None,
+                       masks: Sequence[np.ndarray] | None = None) -> Iterator[np.ndarray]:
     """Back-project the residuals of ``stacks`` into ``volume``, round after round.
 
     Parameters
@@ -91,6 +113,10 @@ def consistency_rounds(volume: np.ndarray, grid: Grid, stacks: Sequence[Stack], 
     heldout
         Per stack, slices whose residual is not used: it is filled in from their two
         neighbours, as if they had not been acquired.
+    noise, masks
+        Per stack, the noise standard deviation and the foreground where the residual's
+        power is measured: residuals are weighted by :func:`residual_weight` (None: every
+        residual whole, classic back-projection).
 
     Yields
     ------
@@ -100,18 +126,23 @@ def consistency_rounds(volume: np.ndarray, grid: Grid, stacks: Sequence[Stack], 
     """
     out = np.asarray(volume, np.float32).copy()
     yield out
-    held = [[] for _ in stacks] if heldout is None else [list(h) for h in heldout]
-    usable = [(s, h) for s, h in zip(stacks, held) if usable_for_back_projection(s, grid)]
+    n = len(stacks)
+    held = [[] for _ in range(n)] if heldout is None else [list(h) for h in heldout]
+    sigmas = [None] * n if noise is None else list(noise)
+    fg = [None] * n if masks is None else list(masks)
+    usable = [k for k in range(n) if usable_for_back_projection(stacks[k], grid)]
     if not usable:
         return
-    covered = [coverage(s, grid) for s, _ in usable]
+    covered = [coverage(stacks[k], grid) for k in usable]
     n_covering = np.maximum(np.sum(covered, axis=0, dtype=np.float32), 1.0)
     for _ in range(iterations):
         correction = np.zeros(grid.shape, np.float32)
-        for (stack, slices), inside in zip(usable, covered):
+        for k, inside in zip(usable, covered):
+            stack = stacks[k]
             stack_profile = "none" if stack.is_isotropic else profile  # as in training
             predicted = resimulate_stack(out, grid, stack, stack_profile, n_samples, outside="edge")
-            residual = fill_from_neighbours(stack.data - predicted, stack.through_plane_axis, slices)
+            residual = fill_from_neighbours(stack.data - predicted, stack.through_plane_axis, held[k])
+            residual *= residual_weight(residual, fg[k], sigmas[k])
             values = back_project(residual, stack, grid)
             values[~inside] = 0.0
             correction += values
@@ -119,36 +150,3 @@ def consistency_rounds(volume: np.ndarray, grid: Grid, stacks: Sequence[Stack], 
         out += correction / n_covering
         yield out
 
-
-def choose_rounds(volume: np.ndarray, grid: Grid, stacks: Sequence[Stack],
-                  heldout: Sequence[Sequence[int]], masks: Sequence[np.ndarray], profile: str,
-                  max_rounds: int, n_samples: int = 5) -> tuple[np.ndarray, int, list[float]]:
-    """Back-projection with the number of rounds (0 to ``max_rounds``) that best predicts
-    the held-out slices.
-
-    Returns
-    -------
-    volume, rounds, curve
-        The chosen volume, its number of rounds and the pooled held-out mean squared error
-        after each round (empty, and ``max_rounds`` rounds run, when nothing is held out).
-    """
-    best: tuple[float, int, np.ndarray] | None = None
-    curve: list[float] = []
-    last = volume
-    for rounds, current in enumerate(consistency_rounds(volume, grid, stacks, profile,
-                                                        max_rounds, n_samples, heldout)):
-        last = current
-        if not any(len(h) for h in heldout):
-            continue
-        coeffs = spline_coefficients(current)
-        errors = [heldout_errors(coeffs, grid, s, h, m, profile, n_samples)
-                  for s, h, m in zip(stacks, heldout, masks)]
-        n = sum(e["n"] for e in errors)
-        if n == 0:
-            continue
-        curve.append(sum(e["sr"] for e in errors) / n)
-        if best is None or curve[-1] < best[0]:
-            best = (curve[-1], rounds, current.copy())
-    if best is None:
-        return last, max_rounds, curve
-    return best[2], best[1], curve

@@ -15,9 +15,10 @@ from typing import Sequence
 import numpy as np
 from scipy.interpolate import make_interp_spline
 
+from .consistency import consistency_rounds
 from .geometry import Grid
 from .io import Stack
-from .slice_profile import resimulate_stack
+from .slice_profile import resimulate_stack, spline_coefficients
 
 HOLDOUT_FRACTION = 0.05  # share of a stack's slices withheld
 MIN_HELDOUT = 2  # slices withheld per stack, at least
@@ -69,18 +70,6 @@ def single_slice(stack: Stack, k: int) -> Stack:
                  stack.path, stack.thickness, dict(stack.metadata))
 
 
-def fill_from_neighbours(values: np.ndarray, axis: int, slices: Sequence[int]) -> np.ndarray:
-    """``values`` with each of ``slices`` replaced by the mean of its two neighbours."""
-    out = np.array(values, copy=True)
-    for k in slices:
-        below = take_slices(values, axis, [k - 1])
-        above = take_slices(values, axis, [k + 1])
-        index = [slice(None)] * values.ndim
-        index[axis] = slice(k, k + 1)
-        out[tuple(index)] = 0.5 * (below + above)
-    return out
-
-
 def interpolate_heldout(stack: Stack, slices: Sequence[int]) -> np.ndarray:
     """Cubic B-spline interpolation of the held-out ``slices`` from the stack's other slices
     (along the slice axis), shape of ``take_slices(stack.data, axis, slices)``."""
@@ -128,3 +117,30 @@ def pooled_psnr(errors: Sequence[dict], key: str, data_range: float) -> float | 
         return None
     mse = sum(e[key] for e in errors) / n
     return float(10 * np.log10(data_range ** 2 / max(mse, 1e-20)))
+
+
+def validate(volume: np.ndarray, grid: Grid, stacks: Sequence[Stack],
+             heldout: Sequence[Sequence[int]], masks: Sequence[np.ndarray], profile: str,
+             rounds: int, n_samples: int = 5,
+             noise: Sequence[float] | None = None) -> tuple[list[dict], list[float]]:
+    """Score a contrast's fit on its stacks' held-out slices.
+
+    The network's ``volume`` goes through ``rounds`` of back-projection that leave the
+    held-out slices out, as the output's own rounds would with every slice.
+
+    Returns
+    -------
+    errors, curve
+        Per stack, the :func:`heldout_errors` after the last round; the pooled held-out
+        mean squared error before the first round and after each round.
+    """
+    curve, errors = [], []
+    for current in consistency_rounds(volume, grid, stacks, profile, rounds, n_samples,
+                                      heldout=heldout, noise=noise, masks=masks):
+        coeffs = spline_coefficients(current)
+        errors = [heldout_errors(coeffs, grid, s, h, m, profile, n_samples)
+                  for s, h, m in zip(stacks, heldout, masks)]
+        n = sum(e["n"] for e in errors)
+        if n:
+            curve.append(sum(e["sr"] for e in errors) / n)
+    return errors, curve

@@ -160,12 +160,11 @@ def stack_rows(result: dict, names: Sequence[str] | None = None) -> list[dict]:
     acquisition = list(result.get("acquisition") or [])
     validation = result.get("validation") or {}
     names = list(names) if names is not None and len(names) == len(acquisition) else None
-    # held-out scores per stack are keyed by file name; registered copies may share a name,
-    # so pair them by order within each contrast when the counts agree
+    # held-out scores per stack are listed per contrast in the order of its stacks
     per_stack: dict[int, dict] = {}
     for contrast in dict.fromkeys(a.get("contrast") for a in acquisition):
         own = [k for k, a in enumerate(acquisition) if a.get("contrast") == contrast]
-        scores = list(((validation.get(contrast) or {}).get("stacks") or {}).values())
+        scores = list((validation.get(contrast) or {}).get("stacks") or [])
         if len(scores) == len(own):
             per_stack.update(zip(own, scores))
     rows = []

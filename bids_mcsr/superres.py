@@ -12,11 +12,11 @@ import numpy as np
 import torch
 
 from .acquisition_fit import StackAcquisition
-from .consistency import DEFAULT_CONSISTENCY_ITERATIONS, choose_rounds
+from .consistency import DEFAULT_CONSISTENCY_ITERATIONS, enforce_consistency
 from .device import describe, select_device
 from .geometry import (CoordinateFrame, Grid, check_overlap, make_output_grid, pick_reference,
                        voxel_centres_at)
-from .holdout import HOLDOUT_FRACTION, choose_heldout, heldout_errors, pooled_psnr
+from .holdout import HOLDOUT_FRACTION, choose_heldout, pooled_psnr, validate
 from .infer import predict_grid
 from .intensity import IntensityScaler
 from .metrics import resample_to_grid
@@ -24,7 +24,7 @@ from .model import build_model, model_spec
 from .noise import estimate_noise
 from .resources import Estimate, plan_memory
 from .sampling import build_samples, stack_masks_and_scalers
-from .slice_profile import PROFILES, spline_coefficients
+from .slice_profile import PROFILES
 from .train import TrainConfig, train
 from .io import Stack
 
@@ -205,30 +205,30 @@ def super_resolve(stacks: Sequence[Stack], config: SRConfig = SRConfig(), grid: 
     t_infer = time.perf_counter()
     pred = predict_grid(model, frame, grid, device, plan.chunk)
     t_consistency = time.perf_counter()
-    # map each contrast back to the intensity scale of its first stack, then make it
-    # reproduce that contrast's stacks (in the same scale), as many rounds as the held-out
-    # slices say pay
+    # map each contrast back to the intensity scale of its first stack; score it on the
+    # held-out slices (back-projection without them), then make it reproduce all of the
+    # contrast's stacks (in the same scale) down to their noise floor
+    noise = [estimate_noise(s) for s in stacks]
     volumes, validation, network_volumes = {}, {}, {}
     for i, c in enumerate(contrasts):
         own = [k for k, s in enumerate(stacks) if s.contrast == c]
         first = scalers[own[0]]
+        span = first.high - first.low
         scaled = [in_scale_of(as_fitted[k], scalers[k], first) for k in own]
+        sigmas = [noise[k] * span / (scalers[k].high - scalers[k].low) for k in own]
+        own_masks = [masks[k] for k in own]
+        network = first.inverse(pred[i])
         if config.keep_network_output:
-            network_volumes[c] = first.inverse(pred[i])
-        volumes[c], rounds, curve = choose_rounds(
-            first.inverse(pred[i]), grid, scaled, [heldout[k] for k in own],
-            [masks[k] for k in own], config.slice_profile, config.consistency_iterations,
-            config.profile_samples)
-        coeffs = spline_coefficients(volumes[c])
-        errors = [heldout_errors(coeffs, grid, scaled[j], heldout[k], masks[k],
-                                 config.slice_profile, config.profile_samples)
-                  for j, k in enumerate(own)]
-        validation[c] = heldout_summary(errors, first.high - first.low, rounds, curve)
-        for j, k in enumerate(own):
-            validation[c].setdefault("stacks", {})[stacks[k].name] = heldout_summary(
-                [errors[j]], first.high - first.low)
-        log.info("%s: %d back-projection round(s) kept; held-out slices %s", c, rounds,
-                 describe_gain(validation[c]))
+            network_volumes[c] = network
+        errors, curve = validate(network, grid, scaled, [heldout[k] for k in own], own_masks,
+                                 config.slice_profile, config.consistency_iterations,
+                                 config.profile_samples, sigmas)
+        validation[c] = heldout_summary(errors, span, config.consistency_iterations, curve)
+        validation[c]["stacks"] = [heldout_summary([e], span) for e in errors]  # in stack order
+        volumes[c] = enforce_consistency(network, grid, scaled, config.slice_profile,
+                                         config.consistency_iterations, config.profile_samples,
+                                         noise=sigmas, masks=own_masks)
+        log.info("%s: held-out slices %s", c, describe_gain(validation[c]))
     t_end = time.perf_counter()
     timings = {"setup_s": t_train - t0, "training_s": t_infer - t_train,
                "inference_s": t_consistency - t_infer, "consistency_s": t_end - t_consistency}
@@ -244,7 +244,7 @@ def super_resolve(stacks: Sequence[Stack], config: SRConfig = SRConfig(), grid: 
                                 "tolerance_nats": tcfg.mi_tolerance, "min_epochs": tcfg.min_epochs},
                 "output_spacing_mm": float(grid.spacing[0]),
                 "intensity_scalers": {s.name: asdict(sc) for s, sc in zip(stacks, scalers)}}
-    acquisition_report = [describe_acquisition(s, f, h, scalers[k])
+    acquisition_report = [describe_acquisition(s, f, h, scalers[k], noise[k])
                           for k, (s, f, h) in enumerate(zip(stacks, fitted, heldout))]
     mi_values = [m for m in hist.mi if m is not None]
     return SRResult(contrasts=contrasts, volumes=volumes, grid=grid, mask=mask.astype(np.uint8),
@@ -276,10 +276,9 @@ def describe_gain(summary: dict) -> str:
 
 
 def describe_acquisition(stack: Stack, fitted, heldout: np.ndarray,
-                         scaler: IntensityScaler) -> dict:
+                         scaler: IntensityScaler, sigma: float) -> dict:
     """What the run knows of one stack's acquisition: header, fitted profile and pose,
-    noise and held-out slices."""
-    sigma = estimate_noise(stack)
+    noise (``sigma``) and held-out slices."""
     return {"name": stack.name, "contrast": stack.contrast,
             "header_thickness_mm": stack.slice_thickness,
             "spacing_mm": float(stack.voxel_sizes[stack.through_plane_axis]),

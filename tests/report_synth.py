@@ -62,7 +62,7 @@ def fake_fit(stacks: list[Stack], gain_db: float | dict = 1.5, shift_mm: float |
                 "gain_db": gain}
         validation[c] = {**held, "consistency_rounds": rounds,
                          "consistency_curve_psnr": [sr_psnr - 0.5, sr_psnr - 0.1, sr_psnr][
-                             :rounds + 1], "stacks": {stack.name: dict(held)}}
+                             :rounds + 1], "stacks": [dict(held)]}
         shift = pick(shift_mm, c, 0.4) if stack is not stacks[0] else 0.0
         correction = np.eye(4)
         correction[0, 3] = shift

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bids_mcsr.consistency import choose_rounds
+from bids_mcsr.consistency import enforce_consistency, fill_from_neighbours, residual_weight
 from bids_mcsr.geometry import Grid
-from bids_mcsr.holdout import (EDGE, choose_heldout, fill_from_neighbours, heldout_errors,
-                               interpolate_heldout, single_slice, slice_mask)
+from bids_mcsr.holdout import (EDGE, choose_heldout, heldout_errors, interpolate_heldout,
+                               single_slice, slice_mask, validate)
 from bids_mcsr.intensity import foreground_mask
 from bids_mcsr.io import Stack
 from bids_mcsr.phantom import mni_truth
@@ -77,23 +77,35 @@ def test_the_truth_predicts_held_out_slices_better_than_cubic_interpolation(head
     assert errors["sr"] < 0.1 * errors["cubic"]
 
 
-def test_rounds_are_chosen_on_held_out_slices(head):
-    """A blurred volume with clean stacks: back-projection pays, some rounds are kept.
-    The truth with a very noisy stack: every round adds noise, none is kept."""
+def test_validation_leaves_held_out_slices_out_of_back_projection(head):
     truth, grid, stack = head
     held = [[10, 16]]
     mask = [foreground_mask(stack.data)]
     blurred = ndimage.gaussian_filter(truth, 1.5)
-    volume, rounds, curve = choose_rounds(blurred, grid, [stack], held, mask, "gaussian", 3)
-    assert rounds >= 1 and len(curve) == 4 and curve[rounds] == min(curve) < curve[0]
+    errors, curve = validate(blurred, grid, [stack], held, mask, "gaussian", 2)
+    assert len(curve) == 3 and curve[2] < curve[0]  # back-projection helps between slices too
+    cheat = enforce_consistency(blurred, grid, [stack], "gaussian", 2)  # held-out slices used
+    cheated = heldout_errors(spline_coefficients(cheat), grid, stack, held[0], mask[0], "gaussian")
+    assert cheated["sr"] < 0.5 * errors[0]["sr"]  # so validate() must not have used them
+
+
+def test_back_projection_stops_at_the_noise_floor(head):
+    """A noisy stack's residual from the truth is noise: weighted back-projection leaves the
+    volume almost as it is; classic back-projection copies the noise in."""
+    truth, grid, stack = head
     rng = np.random.default_rng(0)
-    noisy = stack.with_data(stack.data + rng.normal(0, 0.2 * stack.data.max(), stack.data.shape))
-    volume, rounds, curve = choose_rounds(truth, grid, [noisy], held, mask, "gaussian", 3)
-    assert rounds == 0 and np.array_equal(volume, truth.astype(np.float32))
-    # held-out slices are left out of the rounds: their residual does not reach the volume
-    far = choose_rounds(blurred, grid, [stack], [[]], mask, "gaussian", 1)[0]
-    near = choose_rounds(blurred, grid, [stack], held, mask, "gaussian", 1)[0]
-    k = 16
-    centre = stack.affine @ np.array([0, 0, k, 1.0])
-    gz = int(round((np.linalg.inv(grid.affine) @ centre)[2]))
-    assert not np.allclose(far[:, :, gz], near[:, :, gz])
+    sigma = 0.05 * float(np.percentile(stack.data, 99.5))
+    noisy = stack.with_data(stack.data + rng.normal(0, sigma, stack.data.shape))
+    mask = foreground_mask(stack.data)
+    assert residual_weight(noisy.data - stack.data, mask, sigma) < 0.05
+    assert residual_weight(noisy.data - stack.data, mask, None) == 1.0
+    assert residual_weight(10 * (noisy.data - stack.data), mask, sigma) > 0.95
+    classic = enforce_consistency(truth, grid, [noisy], "gaussian", 3)
+    weighted = enforce_consistency(truth, grid, [noisy], "gaussian", 3, noise=[sigma], masks=[mask])
+    head_mask = truth > 0.05 * truth.max()
+    err = lambda v: float(np.sqrt(np.mean((v - truth)[head_mask] ** 2)))  # noqa: E731
+    assert err(weighted) < 0.3 * err(classic)
+    # and where the residual is signal (a blurred start, clean stack) it still corrects
+    blurred = ndimage.gaussian_filter(truth, 1.5)
+    fixed = enforce_consistency(blurred, grid, [stack], "gaussian", 3, noise=[0.01 * sigma], masks=[mask])
+    assert err(fixed) < 0.8 * err(blurred)

@@ -219,7 +219,7 @@ def test_report_without_held_out_slices_says_so(tmp_path, subject):
     for contrast in fit["validation"]:
         fit["validation"][contrast] = {"voxels": 0, "sr_psnr": None, "cubic_psnr": None,
                                        "gain_db": None, "consistency_rounds": 0,
-                                       "consistency_curve_psnr": [], "stacks": {}}
+                                       "consistency_curve_psnr": [], "stacks": []}
     text = write_subject_report(tmp_path, "01", None, stacks, 0,
                                 fake_result(volumes, affine, fit=fit), {}).read_text()
     assert "T1w: no slice could be held out" in lead(text)
