@@ -145,6 +145,16 @@ def test_invalid_choice_is_refused(tmp_path):
 
 # --- the descriptor against the real parser --------------------------------------------------
 
+def _probe(action):
+    """The option's type applied to a valid sample value ("2", or a fraction)."""
+    if action.type is None:
+        return "2"
+    try:
+        return action.type("2")
+    except argparse.ArgumentTypeError:
+        return action.type("0.25")
+
+
 def test_every_parser_option_is_in_the_descriptor_and_back():
     parser = _get_parser()
     desc = _descriptor()
@@ -167,7 +177,7 @@ def test_every_parser_option_is_in_the_descriptor_and_back():
             assert sorted(map(str, action.choices)) == sorted(inp.get("value-choices", [])), flag
         else:
             assert "value-choices" not in inp, flag
-        parsed = action.type("2") if action.type is not None else "2"
+        parsed = _probe(action)
         if isinstance(parsed, int):
             assert inp["type"] == "Number" and inp.get("integer") is True, flag
         elif isinstance(parsed, float):
