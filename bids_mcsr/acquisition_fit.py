@@ -130,13 +130,16 @@ class StackAcquisition(nn.Module):
     def rotations(self) -> torch.Tensor:
         return torch.linalg.matrix_exp(_skew(self.rotation * self.movable))
 
-    def move(self, points: torch.Tensor, stack: torch.Tensor) -> torch.Tensor:
-        """Apply each point's stack pose: ``points`` ``(B, K, 3)``, ``stack`` ``(B,)``."""
+    def move(self, points: torch.Tensor, stack: torch.Tensor, detach: bool = False) -> torch.Tensor:
+        """Apply each point's stack pose: ``points`` ``(B, K, 3)``, ``stack`` ``(B,)``
+        (``detach``: without gradients to the pose)."""
         if not self.rotation.requires_grad:
             return points
         rot = self.rotations()[stack]  # (B, 3, 3)
         c = self.centre[stack].unsqueeze(1)
         shift = (self.translation * self.movable)[stack].unsqueeze(1)
+        if detach:
+            rot, shift = rot.detach(), shift.detach()
         return torch.einsum("bij,bkj->bki", rot, points - c) + c + shift
 
     def fitted(self) -> list[FittedAcquisition]:

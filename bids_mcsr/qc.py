@@ -303,7 +303,7 @@ def qc_record(subject: str, session: str | None, contrasts: list[str],
         ``subject, session, contrasts, per_contrast`` (final loss, the joint final MI and
         the :func:`contrast_quality` numbers), ``stacks`` (:func:`stack_rows`),
         ``final_mi, runtime_s, device, epochs_run, stopped_epoch, best_epoch`` (the epoch
-        whose weights were kept), ``mi_rule_epoch`` (:func:`mi_rule_epoch`), ``status``
+        with the lowest held-out error), ``mi_rule_epoch`` (:func:`mi_rule_epoch`), ``status``
         and, when failed, ``error``.
     """
     result = result or {}

@@ -109,7 +109,7 @@ def write_figures(output_dir: Path, unit: str, subject: str, stacks: Sequence[St
                           result.history, result.stopped_epoch,
                           mi_rule_epoch(result.history, result.settings))
     out["training"].append((path, "training loss per contrast, error on the held-out slices "
-                                  "per contrast (the green line marks the epoch kept) and MI "
+                                  "per contrast (the green line marks its lowest epoch) and MI "
                                   "between the predicted contrasts (the dotted line marks "
                                   "where the MI plateau rule stops); the dashed line marks "
                                   "where training stopped"))
@@ -146,7 +146,7 @@ def verdict_section(record: dict) -> str:
         css = {"better": "ok", None: None}.get(judged, "flag")
         rounds = per.get("consistency_rounds")
         extra = ("" if rounds is None else
-                 f"; {rounds} back-projection round(s) kept")
+                 f"; {rounds} back-projection round(s), noise-weighted")
         parts.append(paragraph(f"{contrast}: {verdict_text(per)}{extra}", css))
     stacks = record.get("stacks", [])
     moved = [s for s in stacks if pose_problem(s["pose_shift_mm"], s["pose_rotation_deg"])]
@@ -234,8 +234,8 @@ def acquisition_table(record: dict) -> str:
 
 def _training_text(record: dict) -> str:
     rule, best = record.get("mi_rule_epoch"), record.get("best_epoch")
-    kept = (f"the weights of epoch {best} were kept (lowest held-out error)" if best
-            else "no held-out slices: the last epoch was kept")
+    kept = (f"the held-out error was lowest at epoch {best}" if best
+            else "no held-out slices")
     if record["mi_converged"] is None:
         return f"{record['epochs_run']} epoch(s) run; {kept}; single contrast: no MI"
     stop = (f"the MI plateau rule stops at epoch {rule}" if rule else
@@ -257,7 +257,7 @@ def render_subject(unit: str, record: dict, figures: dict[str, list[tuple[Path, 
                ("output grid", f"{fmt(record['output_grid']['shape'])} voxels of "
                                f"{fmt(record['output_grid']['spacing_mm'])} mm, "
                                f"{record['output_grid']['orientation']}"),
-               ("epochs run / stopped at / kept",
+               ("epochs run / stopped at / lowest held-out error",
                 f"{record['epochs_run']} / {record['stopped_epoch']} / "
                 f"{fmt(record.get('best_epoch') or None)}"),
                ("SR runtime (s)", record["runtime_s"]),
@@ -281,7 +281,7 @@ def render_subject(unit: str, record: dict, figures: dict[str, list[tuple[Path, 
                                  "orientation", "slice thickness used (mm)"], inputs)),
         section("Quality without ground truth",
                 table(["contrast", "held-out SR PSNR (dB)", "held-out cubic PSNR (dB)",
-                       "gain (dB)", "verdict", "back-projection rounds kept",
+                       "gain (dB)", "verdict", "back-projection rounds",
                        "sharpness ratio", "high-frequency energy per grid axis (1/mm²)"],
                       quality)
                 + paragraph(f"Verdict: better when SR beats cubic interpolation of the "

@@ -196,7 +196,7 @@ def plot_training(history: dict, stopped_epoch: int | None, mi_rule_epoch: int |
         if all(v > 0 for pts in curves.values() for _, v in pts):
             held_ax.set_yscale("log")
         if best:
-            held_ax.axvline(best, color="tab:green", lw=1.5, label=f"kept: epoch {best}")
+            held_ax.axvline(best, color="tab:green", lw=1.5, label=f"lowest: epoch {best}")
         held_ax.legend(fontsize=8)
     else:
         held_ax.text(0.5, 0.5, "no held-out slices", ha="center", transform=held_ax.transAxes)

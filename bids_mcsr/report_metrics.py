@@ -10,8 +10,7 @@
   Back-projection makes the output reproduce its stacks, so this is near-perfect by
   construction: a check of the machinery, not a quality measure.
 * Convergence: the MI between SR contrasts at the end of training, how much it still
-  moved over the last epochs and the epoch its plateau rule stops at (information only:
-  the epoch kept is the one with the lowest held-out error).
+  moved over the last epochs and the epoch its plateau rule stops at.
 * Sharpness: high-frequency energy (mean absolute second difference) along the
   reference's slice axis against the in-plane axes; an isotropic result gives a ratio near
   1, a result that kept the thick slices' blur gives clearly less.

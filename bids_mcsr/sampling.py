@@ -71,13 +71,18 @@ class TrainingSamples:
                                self.n_profile, self.heldout)
 
     def profile_points(self, idx: torch.Tensor, acquisition: StackAcquisition,
-                       stratified: bool = True, learn: bool = False) -> torch.Tensor:
+                       stratified: bool = True, learn: str | None = None) -> torch.Tensor:
         """Sample points ``(B, n_profile, 3)`` through the slabs of voxels ``idx``, moved by
         their stacks' poses. ``stratified=False`` takes each stratum's midpoint (scoring);
-        ``learn``: the points carry gradients to the acquisition parameters."""
-        if not learn:
+        ``learn`` (``"pose"`` or ``"width"``): the points carry gradients to those
+        acquisition parameters."""
+        if learn is None:
             with torch.no_grad():
-                return self.profile_points(idx, acquisition, stratified, learn=True)
+                return self._points(idx, acquisition, stratified, None)
+        return self._points(idx, acquisition, stratified, learn)
+
+    def _points(self, idx: torch.Tensor, acquisition: StackAcquisition, stratified: bool,
+                learn: str | None) -> torch.Tensor:
         stack = self.stack[idx]
         x = self.coords[idx].unsqueeze(1)
         if self.n_profile > 1:
@@ -85,9 +90,11 @@ class TrainingSamples:
             jitter = (torch.rand(idx.shape[0], self.n_profile, device=x.device) if stratified
                       else torch.full((idx.shape[0], self.n_profile), 0.5, device=x.device))
             t = profile_quantile(self.profile, (k + jitter) / self.n_profile)
-            slab = self.normal[stack] * acquisition.fwhm_mm()[stack].unsqueeze(-1)
+            fwhm = acquisition.fwhm_mm()
+            fwhm = fwhm if learn == "width" else fwhm.detach()
+            slab = self.normal[stack] * fwhm[stack].unsqueeze(-1)
             x = x + t.unsqueeze(-1) * slab.unsqueeze(1)
-        return acquisition.move(x, stack)
+        return acquisition.move(x, stack, detach=learn != "pose")
 
 
 def profile_points_per_sample(stacks: Sequence[Stack], profile: str,

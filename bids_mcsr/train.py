@@ -30,8 +30,10 @@ class TrainConfig:
     need be) and the cosine learning-rate schedule runs over time instead of steps, so
     models can be compared at equal time. The stacks' acquisition parameters (slice-profile
     widths, poses) learn at ``width_lr``/``pose_lr`` once ``acquisition_warmup`` epochs have
-    fitted the network alone. When samples hold out slices, the network and acquisition
-    parameters of the epoch with the lowest held-out error are the ones returned.
+    fitted the network alone, every ``acquisition_every``-th step: the poses from a training
+    batch, the widths from a batch of held-out voxels with the network fixed (their gradient
+    through the encoding costs about half a step). Without held-out slices the widths stay
+    at their initial values. The held-out error is tracked every epoch.
     """
 
     epochs: int = 16
@@ -50,7 +52,6 @@ class TrainConfig:
     pose_lr: float = 1e-3
     acquisition_warmup: int = 1
     acquisition_every: int = 4
-    holdout_patience: int = 2
 
     def effective_batch_size(self, n_epoch_samples: int) -> int:
         """``batch_size``, reduced (not below 512) so that small subjects still get
@@ -67,7 +68,7 @@ class TrainHistory:
     mi: list[float | None] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     heldout: dict[str, list[float]] = field(default_factory=dict)
-    best_epoch: int = 0
+    best_epoch: int = 0  # lowest held-out error (information)
     stopped_epoch: int = 0
     stopped_early: bool = False
 
@@ -78,9 +79,9 @@ class TrainHistory:
 
 def _squared_errors(model: Callable[[torch.Tensor], torch.Tensor], samples: TrainingSamples,
                     idx: torch.Tensor, acquisition: StackAcquisition, n_contrasts: int,
-                    stratified: bool = True, learn: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                    stratified: bool = True, learn: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Squared error of every voxel in ``idx`` and its contrast index (``learn``: with
-    gradients to the acquisition parameters)."""
+    gradients to those acquisition parameters, see ``TrainingSamples.profile_points``)."""
     c = samples.contrast[idx]
     pts = samples.profile_points(idx, acquisition, stratified, learn)  # (B, K, 3)
     b, k = pts.shape[:2]
@@ -91,9 +92,16 @@ def _squared_errors(model: Callable[[torch.Tensor], torch.Tensor], samples: Trai
 
 def _batch_loss(model: Callable[[torch.Tensor], torch.Tensor], samples: TrainingSamples,
                 idx: torch.Tensor, acquisition: StackAcquisition, n_contrasts: int,
-                learn: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                learn: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Loss of one batch and the per-contrast sums/counts of squared errors."""
     sq, c = _squared_errors(model, samples, idx, acquisition, n_contrasts, learn=learn)
+    return _contrast_mean(sq, c, n_contrasts)
+
+
+def _contrast_mean(sq: torch.Tensor, c: torch.Tensor,
+                   n_contrasts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean over contrasts of each contrast's mean squared error, and the per-contrast
+    sums/counts (detached)."""
     sums = torch.zeros(n_contrasts, device=sq.device).index_add_(0, c, sq)
     counts = torch.zeros(n_contrasts, device=sq.device).index_add_(0, c, torch.ones_like(sq))
     present = counts > 0
@@ -123,16 +131,25 @@ def heldout_errors(model: torch.nn.Module, samples: TrainingSamples,
 def _optimiser(model: torch.nn.Module, acquisition: StackAcquisition,
                config: TrainConfig) -> torch.optim.Adam:
     groups = [{"params": list(model.parameters()), "lr": config.lr}]
-    if acquisition.width_logit.requires_grad:
-        groups.append({"params": [acquisition.width_logit], "lr": config.width_lr})
     if acquisition.rotation.requires_grad:
         groups.append({"params": [acquisition.rotation, acquisition.translation],
                        "lr": config.pose_lr})
     return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
 
 
-def _snapshot(*modules: torch.nn.Module) -> list[dict]:
-    return [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in modules]
+def _width_step(model: torch.nn.Module, samples: TrainingSamples, held_idx: np.ndarray,
+                acquisition: StackAcquisition, n_contrasts: int, opt: torch.optim.Adam,
+                rng: np.random.Generator, batch_size: int) -> None:
+    """One step of the slice-profile widths on a batch of held-out voxels, the network
+    fixed: a width that only lets the network fit the training slices more closely (a
+    narrower slab always does) does not predict the slices between them better."""
+    pick = rng.choice(held_idx, min(batch_size, held_idx.size), replace=False)
+    idx = torch.from_numpy(pick).to(samples.coords.device)
+    sq, c = _squared_errors(model, samples, idx, acquisition, n_contrasts, learn="width")
+    loss = _contrast_mean(sq, c, n_contrasts)[0]
+    (grad,) = torch.autograd.grad(loss, [acquisition.width_logit])
+    acquisition.width_logit.grad = grad
+    opt.step()
 
 
 def train(model: torch.nn.Module, acquisition: StackAcquisition, samples: TrainingSamples,
@@ -154,13 +171,17 @@ def train(model: torch.nn.Module, acquisition: StackAcquisition, samples: Traini
     hist = TrainHistory(contrasts, loss={c: [] for c in contrasts},
                         heldout={c: [] for c in contrasts})
     has_heldout = samples.heldout_indices().size > 0
-    best: tuple[float, list[dict]] | None = None
+    best_score = np.inf
     n_epoch = samples.n_epoch(config.background_fraction)
     batch_size = config.effective_batch_size(n_epoch)
     steps_per_epoch = n_epoch // batch_size  # equal batches: the remainder waits for the next epoch
     forward: Callable[[torch.Tensor], torch.Tensor] = (
         torch.compile(model, dynamic=False) if config.compile else model)
     opt = _optimiser(model, acquisition, config)
+    held_idx = samples.heldout_indices()
+    width_opt = (torch.optim.Adam([acquisition.width_logit], lr=config.width_lr,
+                                  betas=(0.9, 0.99), eps=1e-15)
+                 if acquisition.width_logit.requires_grad and held_idx.size else None)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(
         opt, T_max=max(1, config.epochs * steps_per_epoch), eta_min=config.lr * 0.01)
     t0 = time.perf_counter()
@@ -182,8 +203,13 @@ def train(model: torch.nn.Module, acquisition: StackAcquisition, samples: Traini
                     group["lr"] = group["initial_lr"] * (
                         0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * spent)))
             idx = order[step * batch_size:(step + 1) * batch_size]
-            learn = (acquisition.learns and epoch > config.acquisition_warmup
-                     and step % config.acquisition_every == 0)
+            learning = epoch > config.acquisition_warmup
+            learn = ("pose" if learning and acquisition.rotation.requires_grad
+                     and step % config.acquisition_every == 0 else None)
+            if (learning and width_opt is not None
+                    and step % config.acquisition_every == config.acquisition_every // 2):
+                _width_step(model, samples, held_idx, acquisition, n_c, width_opt, rng,
+                            batch_size)
             try:
                 loss, s, n = _batch_loss(forward, samples, idx, acquisition, n_c, learn)
             except Exception as exc:  # torch.compile needs a C++ toolchain; fall back to eager
@@ -215,9 +241,8 @@ def train(model: torch.nn.Module, acquisition: StackAcquisition, samples: Traini
             hist.heldout[name].append(None if held is None or np.isnan(held[j]) else float(held[j]))
         if held is not None and np.isfinite(held).any():
             score = float(np.nanmean(held))
-            if best is None or score < best[0]:
-                best = (score, _snapshot(model, acquisition))
-                hist.best_epoch = epoch
+            if score < best_score:
+                best_score, hist.best_epoch = score, epoch
         hist.epoch.append(epoch)
         hist.mi.append(mi)
         hist.seconds.append(time.perf_counter() - t0)
@@ -236,21 +261,12 @@ def train(model: torch.nn.Module, acquisition: StackAcquisition, samples: Traini
         hist.stopped_epoch = epoch
         if out_of_time:
             break
-        if best is not None and epoch - hist.best_epoch >= config.holdout_patience:
-            hist.stopped_early = epoch < config.epochs
-            log.info("held-out error not improved for %d epochs: stopping at epoch %d",
-                     config.holdout_patience, epoch)
-            break
         mi_values = [m for m in hist.mi if m is not None]
         if (config.mi_stopping and epoch >= config.min_epochs and epoch < config.epochs
                 and mi_plateaued(mi_values, config.mi_window, config.mi_tolerance)):
             hist.stopped_early = True
             log.info("MI plateaued: stopping at epoch %d", epoch)
             break
-    if best is not None and hist.best_epoch != hist.stopped_epoch:
-        model.load_state_dict(best[1][0])
-        acquisition.load_state_dict(best[1][1])
-        log.info("keeping epoch %d, the lowest held-out error", hist.best_epoch)
     if out_of_time:  # mid-epoch, or exactly at an epoch boundary (that epoch not recorded)
         hist.stopped_early = hist.stopped_epoch < config.epochs
         log.info("time budget of %.0f s spent: stopping after %d epochs (the last may be "

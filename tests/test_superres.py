@@ -39,12 +39,29 @@ def fitted(phantom):
 
 
 def test_training_reduces_loss_and_tracks_mi(fitted):
+    n = fitted.epochs_run
+    assert n == 4 and fitted.device.startswith(("cpu", "cuda"))
     for contrast in ("T1w", "T2w"):
         loss = fitted.history["loss"][contrast]
-        assert len(loss) == 4 and loss[-1] < loss[0] / 5
+        assert len(loss) == n and loss[-1] < loss[0] / 5
+        held = fitted.history["heldout_mse"][contrast]
+        assert len(held) == n and min(held) == held[fitted.history["best_epoch"] - 1]
     assert all(m is not None and m > 0 for m in fitted.history["mi"])
     assert fitted.final_mi == fitted.history["mi"][-1]
-    assert fitted.epochs_run == 4 and fitted.device.startswith(("cpu", "cuda"))
+
+
+def test_held_out_slices_rank_fits_as_the_truth_does(phantom, fitted):
+    """A one-epoch fit is worse than the default by the truth, and by its held-out slices,
+    for every contrast; the held-out gain over cubic has the truth's sign."""
+    vols, stacks, grid, mask = phantom
+    weak = super_resolve(stacks, SRConfig(model="fast", epochs=1, mi_stopping=False, seed=0), grid=grid)
+    for stack in stacks:
+        c = stack.contrast
+        truth_gap = psnr(fitted.volumes[c], vols[c], mask) - psnr(weak.volumes[c], vols[c], mask)
+        held_gap = fitted.validation[c]["sr_psnr"] - weak.validation[c]["sr_psnr"]
+        assert truth_gap > 0.3 and held_gap > 0.3, (c, truth_gap, held_gap)
+        true_gain = psnr(fitted.volumes[c], vols[c], mask) - psnr(cubic_baseline([stack], grid), vols[c], mask)
+        assert np.sign(fitted.validation[c]["gain_db"]) == np.sign(true_gain), c
 
 
 def test_multicontrast_sr_beats_cubic_bspline(phantom, fitted):
