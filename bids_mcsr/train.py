@@ -147,8 +147,8 @@ def _width_step(model: torch.nn.Module, samples: TrainingSamples, held_idx: np.n
     idx = torch.from_numpy(pick).to(samples.coords.device)
     sq, c = _squared_errors(model, samples, idx, acquisition, n_contrasts, learn="width")
     loss = _contrast_mean(sq, c, n_contrasts)[0]
-    (grad,) = torch.autograd.grad(loss, [acquisition.width_logit])
-    acquisition.width_logit.grad = grad
+    (grad,) = torch.autograd.grad(loss, [acquisition.log_width])
+    acquisition.log_width.grad = grad
     opt.step()
 
 
@@ -179,9 +179,9 @@ def train(model: torch.nn.Module, acquisition: StackAcquisition, samples: Traini
         torch.compile(model, dynamic=False) if config.compile else model)
     opt = _optimiser(model, acquisition, config)
     held_idx = samples.heldout_indices()
-    width_opt = (torch.optim.Adam([acquisition.width_logit], lr=config.width_lr,
+    width_opt = (torch.optim.Adam([acquisition.log_width], lr=config.width_lr,
                                   betas=(0.9, 0.99), eps=1e-15)
-                 if acquisition.width_logit.requires_grad and held_idx.size else None)
+                 if acquisition.log_width.requires_grad and held_idx.size else None)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(
         opt, T_max=max(1, config.epochs * steps_per_epoch), eta_min=config.lr * 0.01)
     t0 = time.perf_counter()

@@ -71,7 +71,7 @@ def test_gradients_reach_width_and_pose_only_when_they_learn():
             assert not points.requires_grad
             continue
         enc(points.reshape(-1, 3)).sum().backward()
-        width, pose = acq.width_logit.grad, [acq.rotation.grad, acq.translation.grad]
+        width, pose = acq.log_width.grad, [acq.rotation.grad, acq.translation.grad]
         if learn == "width":
             assert torch.count_nonzero(width) > 0 and all(g is None for g in pose)
         else:

@@ -118,7 +118,7 @@ def test_write_subject_report(tmp_path, subject):
     # a healthy run: nothing red, no convergence alarm, data consistency demoted below
     assert 'class="flag"' not in text and "NOT converged" not in text
     assert "the MI plateau rule stops at epoch 8" in text
-    assert "weights of epoch 7 were kept" in text
+    assert "the held-out error was lowest at epoch 7" in text
     assert text.index("Data consistency after back-projection (not a quality measure)") > \
         text.index("<h2>Training</h2>")
     assert str(tmp_path) not in text
