@@ -18,6 +18,8 @@
 #            dependencies from INDEX_URL inside the base image, as the Dockerfile's torch step
 #            would; e.g. a CUDA index (https://download.pytorch.org/whl/cu126), or
 #            https://pypi.org/simple whose Linux torch wheels are CUDA builds.
+# Exit status: 0 built; 3 this machine lacks what the build needs (no Docker daemon, no base
+#   image and no way to make one, no torch wheel or index); other: the build failed.
 # Environment: TAG (default bids-mcsr:<version>), BASE_IMAGE (skip the base image choice),
 #   TORCH_WHEEL, TORCH_INDEX_URL (skip the torch choice), DEBIAN_MIRROR (for debootstrap;
 #   default: this machine's apt source), DOCKER (default docker).
@@ -27,9 +29,11 @@ cd "$(dirname "$0")/.."
 DOCKER=${DOCKER:-docker}
 say() { echo "build_image: $*" >&2; }
 die() { say "error: $*"; exit 1; }
+# this machine lacks something the build needs (not a fault of the Dockerfile): exit status 3
+die_env() { say "error: $*"; exit 3; }
 
-command -v "$DOCKER" >/dev/null || die "$DOCKER not found; install Docker (Debian: apt-get install docker.io)"
-"$DOCKER" info >/dev/null 2>&1 || die "no Docker daemon answers ($DOCKER info failed); start it (see docs/troubleshooting.md)"
+command -v "$DOCKER" >/dev/null || die_env "$DOCKER not found; install Docker (Debian: apt-get install docker.io)"
+"$DOCKER" info >/dev/null 2>&1 || die_env "no Docker daemon answers ($DOCKER info failed); start it (see 'No Docker daemon' in docs/troubleshooting.md)"
 
 VERSION=$(sed -nE 's/^version *= *"([^"]+)".*/\1/p' pyproject.toml | head -n1)
 [[ -n "$VERSION" ]] || die "no version in pyproject.toml"
@@ -52,8 +56,8 @@ debian_mirror() {
 }
 
 make_local_base() {
-    [[ "$(id -u)" == 0 ]] || die "making $LOCAL_BASE with debootstrap needs root (or set BASE_IMAGE)"
-    command -v debootstrap >/dev/null || die "debootstrap not found (apt-get install debootstrap), or set BASE_IMAGE"
+    [[ "$(id -u)" == 0 ]] || die_env "making $LOCAL_BASE with debootstrap needs root (or set BASE_IMAGE)"
+    command -v debootstrap >/dev/null || die_env "debootstrap not found (apt-get install debootstrap), or set BASE_IMAGE"
     local mirror rootfs
     mirror=$(debian_mirror)
     rootfs=$(mktemp -d "${TMPDIR:-/var/tmp}/bids-mcsr-rootfs.XXXXXX")
@@ -62,7 +66,7 @@ make_local_base() {
     say "making $LOCAL_BASE: debootstrap bookworm from $mirror (python3, python3-venv)"
     debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
         bookworm "$rootfs" "$mirror" > "$rootfs.log" 2>&1 \
-        || { tail -n 20 "$rootfs.log" >&2; die "debootstrap failed (log: $rootfs.log)"; }
+        || { tail -n 20 "$rootfs.log" >&2; die_env "debootstrap failed (log: $rootfs.log)"; }
     rm -f "$rootfs.log"
     rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/* "$rootfs"/var/log/*.log \
            "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/*
@@ -70,7 +74,7 @@ make_local_base() {
     tar -C "$rootfs" --numeric-owner -c . | "$DOCKER" import \
         --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         --change 'ENV LANG=C.UTF-8' \
-        --change 'CMD ["python3"]' - "$LOCAL_BASE" >/dev/null
+        --change 'CMD ["python3"]' - "$LOCAL_BASE" >/dev/null || die_env "docker import failed"
     rm -rf "$rootfs"
     trap - EXIT
 }
@@ -136,7 +140,7 @@ if [[ -z "${TORCH_WHEEL:-}" && -z "${TORCH_INDEX_URL:-}" ]]; then
         say "torch $TORCH_VERSION: from the PyTorch CPU index"
     else
         TORCH_WHEEL=$(find_local_torch_wheel) \
-            || die "download.pytorch.org does not answer and no torch-$TORCH_VERSION+cpu-cp311 wheel was found in pip's find-links; set TORCH_WHEEL=/path/to/wheel"
+            || die_env "download.pytorch.org does not answer and no torch-$TORCH_VERSION+cpu-cp311 wheel was found in pip's find-links; set TORCH_WHEEL=/path/to/wheel"
     fi
 fi
 if [[ -n "${TORCH_WHEEL:-}" ]]; then
