@@ -1,4 +1,5 @@
-"""Markdown table of one or more ``bench_robustness.py --json`` files (for docs/evaluation.md).
+"""Markdown table of one or more ``bench_robustness.py --json`` files (for docs/evaluation.md);
+a row found in several files is taken from the last.
 
 Usage::
 
@@ -24,7 +25,8 @@ def cell(summary: dict, method: str, contrast: str) -> str:
 
 
 def main(paths: list[str]) -> int:
-    rows = [r for p in paths for r in json.loads(Path(p).read_text())["rows"]]
+    by_name = {r["row"]: r for p in paths for r in json.loads(Path(p).read_text())["rows"]}
+    rows = list(by_name.values())  # a row measured again in a later file replaces it
     print("| acquisition | contrast | " + " | ".join(METHODS)
           + " | default - cubic (dB) | held-out gain (dB) | fitted FWHM (mm) |")
     print("|" + "---|" * (len(METHODS) + 5))

@@ -33,7 +33,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it onto ``path`` when the block succeeds.
 
     The temporary name keeps the final suffixes (``.nii.gz``, ``.txt``) so that writers that
-    pick a format by extension still work. On error the temporary file is removed.
+    pick a format by extension still work; the file gets the mode a plain ``open`` would give
+    (0666 less the umask). On error the temporary file is removed.
 
     Parameters
     ----------
@@ -51,10 +52,25 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.close(handle)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def current_umask() -> int:
+    """The process umask, from ``/proc`` where it is shown (no window in which another
+    thread's files get mode 0666), else by setting and restoring it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: Path, content: str | bytes) -> Path:

@@ -112,12 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="at most N rounds of back-projecting the stacks' residuals into the "
                     "outputs; how many pay is chosen per contrast on held-out slices "
                     f"(0: off; default {DEFAULT_CONSISTENCY_ITERATIONS})")
-    sr.add_argument("--no-profile-fit", dest="profile_fit", action="store_false",
-                    help="keep each stack's slice-profile width at its header value "
-                    "(SliceThickness, else the slice spacing) instead of fitting it")
-    sr.add_argument("--no-pose-fit", dest="pose_fit", action="store_false",
-                    help="keep the stacks where registration put them instead of refining "
-                    "their rigid poses during the fit")
+    sr.add_argument("--profile-fit", action="store_true",
+                    help="fit each stack's slice-profile width (from its header value: "
+                    "SliceThickness, else the slice spacing) on held-out slices; helps where "
+                    "the header is wrong or the slab is far from Gaussian")
+    sr.add_argument("--pose-fit", action="store_true",
+                    help="refine each stack's rigid pose (on top of registration) during the fit")
     sr.add_argument("--holdout-fraction", type=_holdout_fraction, metavar="F",
                     default=HOLDOUT_FRACTION,
                     help="share of each thick-slice stack's slices withheld to validate the "

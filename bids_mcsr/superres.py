@@ -36,7 +36,9 @@ class SRConfig:
     """User-facing settings of :func:`super_resolve` (``None`` = the model's default).
 
     ``learn_profile``/``refine_registration``: fit each thick stack's slice-profile width /
-    rigid pose with the network. ``holdout_fraction`` of each thick stack's slices are
+    rigid pose with the network (off by default: on the robustness benchmark they win where
+    the header or the profile shape is wrong and lose where it is right,
+    docs/evaluation.md). ``holdout_fraction`` of each thick stack's slices are
     withheld to score the fit and to choose how many of the ``consistency_iterations``
     back-projection rounds to keep. ``keep_network_output`` also returns each contrast's
     volume before back-projection (for benchmarks).
@@ -60,8 +62,8 @@ class SRConfig:
     max_train_seconds: float | None = None
     finest_mm: float | None = None
     consistency_iterations: int = DEFAULT_CONSISTENCY_ITERATIONS
-    learn_profile: bool = True
-    refine_registration: bool = True
+    learn_profile: bool = False
+    refine_registration: bool = False
     holdout_fraction: float = HOLDOUT_FRACTION
     keep_network_output: bool = False
 

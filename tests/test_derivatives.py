@@ -213,3 +213,15 @@ def test_output_passes_the_bids_validator(tmp_path, raw, unit):
     write_failure(out, SubjectSession("02", None, []), "n4: failed")
     report = validate(out)
     assert report.errors == []
+
+
+def test_written_files_get_the_umask_mode_not_owner_only(tmp_path):
+    from bids_mcsr.derivatives import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        target = tmp_path / "sub-01_desc-qc.json"
+        atomic_write(target, "{}")
+        assert (target.stat().st_mode & 0o777) == 0o644
+    finally:
+        os.umask(old)
