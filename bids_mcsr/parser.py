@@ -109,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                     default="gaussian")
     sr.add_argument("--consistency-iterations", type=_non_negative_int, metavar="N",
                     default=DEFAULT_CONSISTENCY_ITERATIONS,
-                    help="at most N rounds of back-projecting the stacks' residuals into the "
-                    "outputs; how many pay is chosen per contrast on held-out slices "
+                    help="rounds of back-projecting the stacks' residuals into the outputs, "
+                    "each weighted down to the stack's estimated noise floor "
                     f"(0: off; default {DEFAULT_CONSISTENCY_ITERATIONS})")
     sr.add_argument("--profile-fit", action="store_true",
                     help="fit each stack's slice-profile width (from its header value: "
