@@ -109,7 +109,7 @@ def test_sigterm_with_parallel_workers_kills_them_at_once(tmp_path):
         assert proc.poll() is None, log.read_text()
         assert time.monotonic() < end, log.read_text()
         time.sleep(0.2)
-    sent = time.monotonic()
+    sent, sent_wall = time.monotonic(), time.time()
     os.killpg(proc.pid, signal.SIGTERM)  # as SLURM does: the whole process group
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     assert time.monotonic() - sent < 5, log.read_text()
@@ -117,7 +117,10 @@ def test_sigterm_with_parallel_workers_kills_them_at_once(tmp_path):
     assert [w for w in workers if Path(f"/proc/{w}").exists()] == []
     assert "interrupted by SIGTERM; no derivative written" in log.read_text()
     assert "Traceback" not in log.read_text()
-    assert list(work.rglob("result_*n4*.pklz")) == []  # killed before N4 finished
+    # nothing finished after the signal (an N4 node that was already done may stay: on an
+    # idle machine the smaller stack's N4 can end before the workers are seen busy)
+    late = [p for p in work.rglob("result_*n4*.pklz") if p.stat().st_mtime > sent_wall]
+    assert late == []
     assert not (out / "sub-01").exists() and not list(out.glob(".staging-*"))
 
 
