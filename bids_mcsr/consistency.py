@@ -28,7 +28,7 @@ from scipy import ndimage
 
 from .geometry import Grid
 from .io import Stack
-from .slice_profile import resimulate_stack
+from .slice_profile import resimulate_stack, stack_profile
 
 DEFAULT_CONSISTENCY_ITERATIONS = 3  # chosen on the benchmark cases (docs/evaluation.md)
 MIN_INPLANE_RATIO = 0.5  # stacks sampled much finer in-plane than the output are not back-projected
@@ -139,8 +139,8 @@ def consistency_rounds(volume: np.ndarray, grid: Grid, stacks: Sequence[Stack], 
         correction = np.zeros(grid.shape, np.float32)
         for k, inside in zip(usable, covered):
             stack = stacks[k]
-            stack_profile = "none" if stack.is_isotropic else profile  # as in training
-            predicted = resimulate_stack(out, grid, stack, stack_profile, n_samples, outside="edge")
+            predicted = resimulate_stack(out, grid, stack, stack_profile(stack, profile), n_samples,
+                                         outside="edge")
             residual = fill_from_neighbours(stack.data - predicted, stack.through_plane_axis, held[k])
             residual *= residual_weight(residual, fg[k], sigmas[k])
             values = back_project(residual, stack, grid)

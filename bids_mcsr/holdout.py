@@ -18,7 +18,7 @@ from scipy.interpolate import make_interp_spline
 from .consistency import consistency_rounds
 from .geometry import Grid
 from .io import Stack
-from .slice_profile import resimulate_stack, spline_coefficients
+from .slice_profile import resimulate_stack, spline_coefficients, stack_profile
 
 HOLDOUT_FRACTION = 0.05  # share of a stack's slices withheld
 MIN_HELDOUT = 2  # slices withheld per stack, at least
@@ -81,6 +81,9 @@ def interpolate_heldout(stack: Stack, slices: Sequence[int]) -> np.ndarray:
     return spline(np.asarray(slices, float)).astype(np.float32)
 
 
+def no_errors() -> dict:
+    """The :func:`heldout_errors` of a stack with nothing held out."""
+    return {"sr": 0.0, "cubic": 0.0, "n": 0}
 
 
 def heldout_errors(coeffs: np.ndarray, grid: Grid, stack: Stack, slices: Sequence[int],
@@ -97,12 +100,12 @@ def heldout_errors(coeffs: np.ndarray, grid: Grid, stack: Stack, slices: Sequenc
         ``n``: voxels scored.
     """
     if len(slices) == 0:
-        return {"sr": 0.0, "cubic": 0.0, "n": 0}
+        return no_errors()
     axis = stack.through_plane_axis
     acquired = take_slices(stack.data, axis, slices).astype(np.float64)
     inside = take_slices(mask, axis, slices).astype(bool)
-    stack_profile = "none" if stack.is_isotropic else profile
-    sr = np.concatenate([resimulate_stack(coeffs, grid, single_slice(stack, k), stack_profile,
+    sr = np.concatenate([resimulate_stack(coeffs, grid, single_slice(stack, k),
+                                          stack_profile(stack, profile),
                                           n_samples, outside="edge", prefiltered=True)
                          for k in slices], axis=axis)
     cubic = interpolate_heldout(stack, slices)
@@ -134,7 +137,10 @@ def validate(volume: np.ndarray, grid: Grid, stacks: Sequence[Stack],
         Per stack, the :func:`heldout_errors` after the last round; the pooled held-out
         mean squared error before the first round and after each round.
     """
-    curve, errors = [], []
+    curve: list[float] = []
+    errors = [no_errors() for _ in stacks]
+    if not any(len(h) for h in heldout):
+        return errors, curve  # nothing to score: the output's own rounds are the only ones
     for current in consistency_rounds(volume, grid, stacks, profile, rounds, n_samples,
                                       heldout=heldout, noise=noise, masks=masks):
         coeffs = spline_coefficients(current)

@@ -13,7 +13,7 @@ from .geometry import CoordinateFrame, voxel_centres
 from .holdout import slice_mask
 from .intensity import IntensityScaler, foreground_mask
 from .io import Stack
-from .slice_profile import profile_quantile, slice_normal
+from .slice_profile import profile_quantile, slice_normal, stack_profile
 
 
 @dataclass
@@ -107,7 +107,7 @@ def profile_points_per_sample(stacks: Sequence[Stack], profile: str,
 def is_profiled(stack: Stack, profile: str) -> bool:
     """Whether a stack is modelled with a slab: a thick-slice stack under a slice profile
     ((near-)isotropic stacks are point-sampled whatever ``profile`` says)."""
-    return profile != "none" and not stack.is_isotropic
+    return stack_profile(stack, profile) != "none"
 
 
 def build_samples(stacks: Sequence[Stack], contrasts: Sequence[str], frame: CoordinateFrame,

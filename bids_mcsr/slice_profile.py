@@ -47,6 +47,12 @@ def profile_quantile(profile: str, u: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(u)
 
 
+def stack_profile(stack: Stack, profile: str) -> str:
+    """The profile a stack is modelled with: ``profile``, except ``none`` (point samples) for
+    (near-)isotropic stacks."""
+    return "none" if stack.is_isotropic else profile
+
+
 def slice_normal(stack: Stack) -> np.ndarray:
     """Unit world vector along the stack's slice (through-plane) axis."""
     col = stack.affine[:3, stack.through_plane_axis]

@@ -39,8 +39,7 @@ class SRConfig:
     rigid pose with the network (off by default: on the robustness benchmark they win where
     the header or the profile shape is wrong and lose where it is right,
     docs/evaluation.md). ``holdout_fraction`` of each thick stack's slices are
-    withheld to score the fit and to choose how many of the ``consistency_iterations``
-    back-projection rounds to keep. ``keep_network_output`` also returns each contrast's
+    withheld from training to score the fit against cubic interpolation. ``keep_network_output`` also returns each contrast's
     volume before back-projection (for benchmarks).
     """
 
