@@ -3,7 +3,7 @@
 
 import sys
 
-from workflows.main import main
+from bids_mcsr.cli.run import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,7 +1,7 @@
 """Realistic thick-slice acquisitions of a truth-known head, for the robustness benchmark.
 
-Deliberately independent of the app's forward model (``bids_mcsr.slice_profile``) and of its
-evaluation simulator (``bids_mcsr.simulate``): every profile here is integrated numerically on
+Deliberately independent of the app's forward model (``bids_mcsr.acquisition.slice_profile``) and of its
+evaluation simulator (``bids_mcsr.acquisition.simulate``): every profile here is integrated numerically on
 a fine grid of offsets, the noise is Rician, headers can lie and stacks can be misplaced.
 
 Profiles (``w`` = the nominal thickness, mm):
@@ -21,7 +21,7 @@ import numpy as np
 from scipy.interpolate import make_interp_spline
 from scipy.spatial.transform import Rotation
 
-from bids_mcsr.io import Stack
+from bids_mcsr.image.io import Stack
 
 FINE_MM = 0.1  # offset step of the numerical profile integration
 THIN_MM = 1.0

@@ -10,7 +10,7 @@ the network alone); ``cubic-bp`` is the classic iterative back-projection baseli
 cubic interpolation with the same rounds.
 
 Each INR row runs in a fresh process so its peak memory is its own. PSNR/SSIM are scored
-inside the truth's head mask on the truth's range there (see bids_mcsr.metrics).
+inside the truth's head mask on the truth's range there (see bids_mcsr.image.metrics).
 Per-epoch PSNR on a fixed subsample of the mask shows whether the MI-selected epoch is
 also the best epoch by PSNR.
 """
@@ -33,12 +33,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cases import load_case  # noqa: E402
 
-from bids_mcsr.consistency import DEFAULT_CONSISTENCY_ITERATIONS, enforce_consistency  # noqa: E402
-from bids_mcsr.geometry import CoordinateFrame, voxel_centres  # noqa: E402
-from bids_mcsr.infer import predict_points  # noqa: E402
-from bids_mcsr.metrics import cubic_baseline, mutual_information, psnr, ssim  # noqa: E402
-from bids_mcsr.mi_stopping import mi_plateaued  # noqa: E402
-from bids_mcsr.superres import SRConfig, super_resolve  # noqa: E402
+from bids_mcsr.acquisition.backprojection import DEFAULT_CONSISTENCY_ITERATIONS, enforce_consistency  # noqa: E402
+from bids_mcsr.image.geometry import CoordinateFrame, voxel_centres  # noqa: E402
+from bids_mcsr.inr.inference import predict_points  # noqa: E402
+from bids_mcsr.image.metrics import cubic_baseline, mutual_information, psnr, ssim  # noqa: E402
+from bids_mcsr.inr.stopping import mi_plateaued  # noqa: E402
+from bids_mcsr.inr.superres import SRConfig, super_resolve  # noqa: E402
 
 
 def score(case, volumes: dict[str, np.ndarray]) -> dict:
@@ -76,7 +76,7 @@ def run_inr(args: dict) -> dict:
     epoch_psnr: list[float] = []
     tracked = stacks[0].contrast
     truth_t1 = case.truth[tracked].ravel()[idx] if tracked in case.truth else None
-    from bids_mcsr.sampling import stack_masks_and_scalers
+    from bids_mcsr.inr.sampling import stack_masks_and_scalers
     _, scalers = stack_masks_and_scalers(stacks[:1])
     lo, hi = scalers[0].low, scalers[0].high  # intensity scale of the tracked contrast
 

@@ -14,7 +14,7 @@ method, every number the mean over ``--seeds`` with the spread (max - min) besid
 * ``fixed-profile``: a refit without slice-profile learning;
 * ``fixed-pose``: a refit without pose refinement (rows with a misplaced stack).
 
-Scored inside the truth's head mask on the truth's range (``bids_mcsr.metrics``), for every
+Scored inside the truth's head mask on the truth's range (``bids_mcsr.image.metrics``), for every
 contrast acquired thick-slice. The truth is a central crop of the 1 mm ICBM 2009a template
 (``--crop``, 64 x 80 x 64 mm by default) so that the whole table fits in well under an hour
 on 2 CPU cores (run two halves of the rows side by side with ``--threads 1``).
@@ -40,12 +40,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from acquisitions import THIN_MM, Acquisition, make_stacks, rows  # noqa: E402
 
-from bids_mcsr.consistency import enforce_consistency  # noqa: E402
-from bids_mcsr.geometry import Grid  # noqa: E402
-from bids_mcsr.io import Stack  # noqa: E402
-from bids_mcsr.metrics import cubic_baseline, psnr, ssim  # noqa: E402
-from bids_mcsr.phantom import mni_truth  # noqa: E402
-from bids_mcsr.superres import SRConfig, super_resolve  # noqa: E402
+from bids_mcsr.acquisition.backprojection import enforce_consistency  # noqa: E402
+from bids_mcsr.image.geometry import Grid  # noqa: E402
+from bids_mcsr.image.io import Stack  # noqa: E402
+from bids_mcsr.image.metrics import cubic_baseline, psnr, ssim  # noqa: E402
+from bids_mcsr.evaluation.phantom import mni_truth  # noqa: E402
+from bids_mcsr.inr.superres import SRConfig, super_resolve  # noqa: E402
 
 ROUNDS = 3
 

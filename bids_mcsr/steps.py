@@ -14,10 +14,10 @@ import nibabel as nib
 import numpy as np
 
 from bids_mcsr.errors import InputError
-from bids_mcsr.geometry import Grid, check_overlap, make_output_grid
-from bids_mcsr.io import Stack, load_stack
-from bids_mcsr.preprocess import itk_transform_text, n4_correct, register_rigid, save_stack
-from bids_mcsr.superres import SRConfig, super_resolve
+from bids_mcsr.image.geometry import Grid, check_overlap, make_output_grid
+from bids_mcsr.image.io import Stack, load_stack
+from bids_mcsr.image.preprocess import itk_transform_text, n4_correct, register_rigid, save_stack
+from bids_mcsr.inr.superres import SRConfig, super_resolve
 
 log = logging.getLogger("bids_mcsr")
 

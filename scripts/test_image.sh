@@ -5,7 +5,7 @@
 #
 # Steps (each timed; the last line is a one-line summary; exit status 1 on any failure):
 #   version, help   `--version` and `--help`
-#   demo-data       the demo dataset (bids_mcsr.demo, as scripts/demo.sh makes it), inside the image
+#   demo-data       the demo dataset (bids_mcsr.evaluation.demo, as scripts/demo.sh makes it), inside the image
 #   participant     the participant level as scripts/demo.sh runs it, as UID 12345:12345 with a
 #                   read-only root file system, a tmpfs /tmp, no network, the input bound
 #                   read-only and the output and work directories bound read-write: what
@@ -154,8 +154,8 @@ s_help() {
 
 s_demo_data() {
     in_image 600 demo-data --rm -u "$(id -u):$(id -g)" --read-only --tmpfs /tmp --network none \
-        -v "$WS/bids:/data" --entrypoint python "$IMAGE" -m bids_mcsr.demo /data \
-        || fail "python -m bids_mcsr.demo failed"
+        -v "$WS/bids:/data" --entrypoint python "$IMAGE" -m bids_mcsr.evaluation.demo /data \
+        || fail "python -m bids_mcsr.evaluation.demo failed"
     [[ -f "$WS/bids/participants.tsv" ]] || fail "no demo dataset"
 }
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from bids_mcsr.geometry import Grid
-from bids_mcsr.io import Stack
-from bids_mcsr.simulate import simulate_stack
-from bids_mcsr.superres import SRResult
+from bids_mcsr.image.geometry import Grid
+from bids_mcsr.image.io import Stack
+from bids_mcsr.acquisition.simulate import simulate_stack
+from bids_mcsr.inr.superres import SRResult
 
 SPACING = 2.0
 SHAPE = (40, 44, 36)

@@ -3,9 +3,9 @@
 import numpy as np
 import torch
 
-from bids_mcsr.acquisition_fit import FWHM_MAX_OF_SPACING, StackAcquisition, profile_bounds
-from bids_mcsr.geometry import CoordinateFrame
-from bids_mcsr.io import Stack
+from bids_mcsr.inr.acquisition_fit import FWHM_MAX_OF_SPACING, StackAcquisition, profile_bounds
+from bids_mcsr.image.geometry import CoordinateFrame
+from bids_mcsr.image.io import Stack
 
 
 def stacks():
@@ -49,8 +49,8 @@ def test_the_reported_world_correction_is_the_pose_applied_in_training():
 
 
 def test_gradients_reach_width_and_pose_only_when_they_learn():
-    from bids_mcsr.encoding import HashGridEncoding
-    from bids_mcsr.sampling import build_samples, stack_masks_and_scalers
+    from bids_mcsr.inr.encoding import HashGridEncoding
+    from bids_mcsr.inr.sampling import build_samples, stack_masks_and_scalers
 
     s = stacks()
     rng = np.random.default_rng(0)

@@ -40,12 +40,12 @@ def _app_argv(shell_command: str) -> list[str]:
 
 
 def _get_parser() -> argparse.ArgumentParser:
-    """The app's real ArgumentParser from bids_mcsr.parser; skip while it does not exist."""
+    """The app's real ArgumentParser from bids_mcsr.cli.parser; skip while it does not exist."""
     try:
-        mod = importlib.import_module("bids_mcsr.parser")
+        mod = importlib.import_module("bids_mcsr.cli.parser")
     except ModuleNotFoundError as exc:
-        if exc.name in ("bids_mcsr.parser",):
-            pytest.skip("bids_mcsr/parser.py does not exist yet")
+        if exc.name in ("bids_mcsr.cli.parser",):
+            pytest.skip("bids_mcsr/cli/parser.py does not exist yet")
         raise
     for name in ("get_parser", "build_parser", "create_parser", "_build_parser", "make_parser"):
         fn = getattr(mod, name, None)
@@ -56,7 +56,7 @@ def _get_parser() -> argparse.ArgumentParser:
     for value in vars(mod).values():
         if isinstance(value, argparse.ArgumentParser):
             return value
-    pytest.fail("bids_mcsr.parser has no get_parser()/build_parser() returning an ArgumentParser")
+    pytest.fail("bids_mcsr.cli.parser has no get_parser()/build_parser() returning an ArgumentParser")
 
 
 def _cli_inputs(desc: dict) -> dict[str, dict]:
@@ -227,7 +227,7 @@ def test_simulated_command_lines_parse_with_the_real_parser(tmp_path):
          "device": "auto", "verbosity": "-v", "reference": "T2w"},
         {"bids_dir": str(p["bids"]), "output_dir_name": str(p["out"]), "analysis_level": "group"},
     ]
-    mod = importlib.import_module("bids_mcsr.parser")
+    mod = importlib.import_module("bids_mcsr.cli.parser")
     for i, invocation in enumerate(variants):
         (tmp_path / f"v{i}").mkdir()
         argv = _app_argv(_simulate(invocation, tmp_path / f"v{i}"))

@@ -1,6 +1,6 @@
 """Methods boilerplate."""
 
-from bids_mcsr.citation import methods_text
+from bids_mcsr.reports.citation import methods_text
 
 BASE = {"bias_correction": "n4", "registration": "rigid", "reference": None, "model": "fast",
         "slice_profile": "gaussian", "epochs": None, "output_resolution": None,

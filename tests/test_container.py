@@ -140,8 +140,8 @@ def test_app_is_installed_as_a_package_from_copied_sources():
             continue
         context_paths.update(args.split()[:-1])
         copied.update(Path(p).name for p in args.split()[:-1])
-    for pattern in _pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]:
-        assert pattern.rstrip("*") in copied, f"package {pattern} is not copied into the image"
+    for package, folder in _pyproject()["tool"]["setuptools"]["package-dir"].items():
+        assert folder in copied, f"package {package} ({folder}/) is not copied into the image"
     assert {"pyproject.toml", "README.md", "requirements.lock"} <= copied
     runs = " ".join(_instructions("RUN"))
     assert re.search(r"pip install --no-cache-dir --no-deps /src\b", runs)
@@ -215,7 +215,7 @@ def test_image_test_runs_the_demo_as_a_cluster_would():
     text = (ROOT / "scripts" / "test_image.sh").read_text()
     for flag in ("-u 12345:12345", "--read-only", "--tmpfs", "--network none",
                  '"$WS/bids:/data:ro"', "docker stop -t 20", "bids-validator-deno",
-                 "bids_mcsr.demo"):
+                 "bids_mcsr.evaluation.demo"):
         flag = flag.replace("docker stop", '"$DOCKER" stop')
         assert flag in text, flag
     demo = (ROOT / "scripts" / "demo.sh").read_text()

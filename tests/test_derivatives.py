@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bids_mcsr.bids import Run, SubjectSession
-from bids_mcsr.derivatives import (
+from bids_mcsr.dataset.discovery import Run, SubjectSession
+from bids_mcsr.dataset.derivatives import (
     BIDSIGNORE,
     atomic_path,
     atomic_write,
@@ -23,8 +23,8 @@ from bids_mcsr.derivatives import (
     staging_dir,
     write_failure,
 )
-from bids_mcsr.qc import curves_tsv
-from bids_mcsr.validator import find_validator, validate
+from bids_mcsr.qc.records import curves_tsv
+from bids_mcsr.dataset.validator import find_validator, validate
 
 OPTIONS = {"model": "fast", "bias_correction": "n4", "registration": "rigid", "seed": 3,
            "output_grid": None}
@@ -158,7 +158,7 @@ def test_a_sigterm_during_the_swap_waits_until_the_unit_is_whole(tmp_path, raw, 
         if len(calls) == 1:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr("bids_mcsr.derivatives.os.replace", replace_then_signal)
+    monkeypatch.setattr("bids_mcsr.dataset.derivatives.os.replace", replace_then_signal)
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     try:
         with pytest.raises(_Stop):
@@ -216,7 +216,7 @@ def test_output_passes_the_bids_validator(tmp_path, raw, unit):
 
 
 def test_written_files_get_the_umask_mode_not_owner_only(tmp_path):
-    from bids_mcsr.derivatives import atomic_write
+    from bids_mcsr.dataset.derivatives import atomic_write
 
     old = os.umask(0o022)
     try:

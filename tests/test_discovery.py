@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from bids.layout import parse_file_entities
 
-from bids_mcsr.bids import (SubjectSession, acquisition_plane, bids_name, contrast_key,
+from bids_mcsr.dataset.discovery import (SubjectSession, acquisition_plane, bids_name, contrast_key,
                             discover, load_filters, open_layout, split_contrast)
-from bids_mcsr.derivatives import sr_name
+from bids_mcsr.dataset.derivatives import sr_name
 from bids_mcsr.errors import InputError
 from bids_mcsr.steps import select_reference
 from tiny_bids import STACKS, tiny_dataset, write_stack

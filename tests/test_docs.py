@@ -26,7 +26,7 @@ def test_mkdocs_build_strict(tmp_path):
 
 
 def test_every_cli_option_is_documented():
-    parser_mod = pytest.importorskip("bids_mcsr.parser")
+    parser_mod = pytest.importorskip("bids_mcsr.cli.parser")
     usage = (DOCS / "usage.md").read_text()
     for action in parser_mod.build_parser()._actions:
         for opt in action.option_strings:

@@ -13,10 +13,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bids_mcsr.demo import build_demo, head_motion
-from bids_mcsr.validator import find_validator, validate
+from bids_mcsr.evaluation.demo import build_demo, head_motion
+from bids_mcsr.dataset.validator import find_validator, validate
 from tiny_bids import fast_args, tiny_dataset, write_stack
-from workflows.main import main
+from bids_mcsr.cli.run import main
 
 pytestmark = pytest.mark.slow
 

@@ -5,8 +5,8 @@ import json
 import nibabel as nib
 import numpy as np
 
-from bids_mcsr.evaluate import main, plane_voxel_axis, with_acq
-from bids_mcsr.phantom import mni_truth
+from bids_mcsr.evaluation.evaluate import main, plane_voxel_axis, with_acq
+from bids_mcsr.evaluation.phantom import mni_truth
 
 
 def write_truth(root):

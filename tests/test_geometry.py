@@ -6,9 +6,9 @@ from nibabel.affines import apply_affine, from_matvec
 from scipy.spatial.transform import Rotation
 
 from bids_mcsr.errors import InputError
-from bids_mcsr.geometry import (CoordinateFrame, check_overlap, make_output_grid, stack_corners,
+from bids_mcsr.image.geometry import (CoordinateFrame, check_overlap, make_output_grid, stack_corners,
                                 voxel_centres, voxel_centres_chunk)
-from bids_mcsr.io import Stack
+from bids_mcsr.image.io import Stack
 
 
 def oblique_stack(shape=(20, 24, 6), zooms=(1.0, 1.0, 4.0), angles=(12, -7, 20), shift=(5, -3, 8),

@@ -10,14 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bids_mcsr.derivatives import dataset_description, write_json
-from bids_mcsr.group import METRICS, robust_outliers, run_group, unit_rows
-from bids_mcsr.qc import qc_record
-from bids_mcsr.report import metrics_path, write_subject_report
+from bids_mcsr.dataset.derivatives import dataset_description, write_json
+from bids_mcsr.reports.group import METRICS, robust_outliers, run_group, unit_rows
+from bids_mcsr.qc.records import qc_record
+from bids_mcsr.reports.subject import metrics_path, write_subject_report
 from report_synth import (CHROMIUM, browser_dom, fake_fit, fake_result, phantom, result_json,
                           stacks_of)
 from tiny_bids import fast_args, tiny_dataset, write_stack
-from workflows.main import main
+from bids_mcsr.cli.run import main
 
 QC = "sub-{s}/qc/sub-{s}_desc-qc.json"
 

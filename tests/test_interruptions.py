@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bids_mcsr.demo import build_demo
+from bids_mcsr.evaluation.demo import build_demo
 from tiny_bids import fast_args, tiny_dataset
 
 pytestmark = pytest.mark.slow
@@ -128,7 +128,7 @@ def test_a_signal_swallowed_by_a_destructor_still_stops_the_run():
     """Python only prints an exception raised in ``__del__`` or a weakref callback (seen with
     pybids' sqlalchemy objects): ``Interrupted`` is raised again in the main thread within
     about a second, and the checkpoint before publishing raises it too."""
-    from workflows import main
+    from bids_mcsr.cli import run as main
 
     replaced = main._install_signal_handlers()
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bids_mcsr.errors import InputError
-from bids_mcsr.io import load_stack
+from bids_mcsr.image.io import load_stack
 
 
 def save(tmp_path, data, affine=None, name="sub-01_T1w.nii.gz"):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bids_mcsr.parser import STAMP_FILE, parse_args
-from workflows.main import main
+from bids_mcsr.cli.parser import STAMP_FILE, parse_args
+from bids_mcsr.cli.run import main
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import pytest
 from nilearn.datasets import load_mni152_template
 from scipy.spatial.transform import Rotation
 
-from bids_mcsr.io import Stack
-from bids_mcsr.preprocess import (
+from bids_mcsr.image.io import Stack
+from bids_mcsr.image.preprocess import (
     _itk_matrix,
     itk_transform_text,
     n4_correct,

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bids_mcsr.geometry import Grid
-from bids_mcsr.metrics import resample_to_grid
-from bids_mcsr.qc import curves_tsv, mi_rule_epoch, misaligned, qc_record, verdict
-from bids_mcsr.report import metrics_path, write_subject_report, write_subject_report_from_files
-from bids_mcsr.report_metrics import (alignment_check, data_consistency, mi_convergence,
+from bids_mcsr.image.geometry import Grid
+from bids_mcsr.image.metrics import resample_to_grid
+from bids_mcsr.qc.records import curves_tsv, mi_rule_epoch, misaligned, qc_record, verdict
+from bids_mcsr.reports.subject import metrics_path, write_subject_report, write_subject_report_from_files
+from bids_mcsr.qc.measures import (alignment_check, data_consistency, mi_convergence,
                                      sharpness, subject_metrics)
 from report_synth import (CHROMIUM, SHAPE, browser_dom, fake_fit, fake_result, phantom,
                           result_json, stacks_of)
@@ -147,7 +147,7 @@ def test_report_renders_in_a_browser_with_every_image(tmp_path, subject):
 
 
 def test_report_from_the_files_of_a_real_tiny_fit(tmp_path, subject):
-    from bids_mcsr.preprocess import save_stack
+    from bids_mcsr.image.preprocess import save_stack
     from bids_mcsr.steps import superresolve
 
     volumes, affine, _ = subject

@@ -15,11 +15,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bids_mcsr import resources
+from bids_mcsr.inr import memory as resources
 from bids_mcsr.steps import superresolve
-from bids_mcsr.model import build_model, model_spec
+from bids_mcsr.inr.model import build_model, model_spec
 from tiny_bids import fast_args, phantom, tiny_dataset, write_stack
-from workflows.main import main
+from bids_mcsr.cli.run import main
 
 
 def _main(bids: Path, out: Path, work: Path, *extra: str) -> int:

@@ -93,7 +93,7 @@ def test_errors_are_explained(tmp_path, task, tsv, message):
 
 
 def test_command_parses_with_the_app_parser(tmp_path):
-    parser_mod = pytest.importorskip("bids_mcsr.parser")
+    parser_mod = pytest.importorskip("bids_mcsr.cli.parser")
     proc = _run(tmp_path, "1", TSV, SLURM_CPUS_PER_TASK="2", GPU="1")
     argv = shlex.split(proc.stdout)
     ns = parser_mod.build_parser().parse_args(_app_args(argv, str(tmp_path / "app.sif")))

@@ -5,18 +5,18 @@ import numpy as np
 import pytest
 import torch
 
-from bids_mcsr.acquisition_fit import StackAcquisition
-from bids_mcsr.geometry import CoordinateFrame, Grid
-from bids_mcsr.io import Stack
-from bids_mcsr.metrics import cubic_baseline, psnr, ssim
-from bids_mcsr.mi_stopping import mean_pairwise_mi, mi_plateaued
-from bids_mcsr.model import build_model, model_spec
-from bids_mcsr.phantom import mni_truth
-from bids_mcsr.sampling import build_samples, stack_masks_and_scalers
-from bids_mcsr.simulate import simulate_stack
-from bids_mcsr.slice_profile import resimulate_stack
-from bids_mcsr.superres import SRConfig, super_resolve
-from bids_mcsr.train import TrainConfig, train
+from bids_mcsr.inr.acquisition_fit import StackAcquisition
+from bids_mcsr.image.geometry import CoordinateFrame, Grid
+from bids_mcsr.image.io import Stack
+from bids_mcsr.image.metrics import cubic_baseline, psnr, ssim
+from bids_mcsr.inr.stopping import mean_pairwise_mi, mi_plateaued
+from bids_mcsr.inr.model import build_model, model_spec
+from bids_mcsr.evaluation.phantom import mni_truth
+from bids_mcsr.inr.sampling import build_samples, stack_masks_and_scalers
+from bids_mcsr.acquisition.simulate import simulate_stack
+from bids_mcsr.acquisition.slice_profile import resimulate_stack
+from bids_mcsr.inr.superres import SRConfig, super_resolve
+from bids_mcsr.inr.training import TrainConfig, train
 
 # 2 mm truth, 6 mm slices: a 3x anisotropic T1w (axial) and T2w (coronal)
 THICKNESS = 6.0

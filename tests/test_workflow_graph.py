@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from bids_mcsr.bids import discover, open_layout
-from workflows.participant import STEP_NAMES, init_participant_wf
+from bids_mcsr.dataset.discovery import discover, open_layout
+from bids_mcsr.workflows.participant import STEP_NAMES, init_participant_wf
 
 EXAMPLES = Path(__file__).parent / "data" / "bids-examples"
 CONFIG = {"model": "fast", "slice_profile": "gaussian", "epochs": 2, "seed": 0}

@@ -8,7 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bids_mcsr.simulate import simulate_stack
+from bids_mcsr.acquisition.simulate import simulate_stack
 
 # contrast -> (voxel axis of the slices, intensity of the inner and the outer ellipsoid)
 STACKS = {"T1w": (2, 800.0, 300.0), "T2w": (0, 200.0, 900.0), "FLAIR": (1, 500.0, 150.0)}

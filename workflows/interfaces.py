@@ -159,7 +159,7 @@ class TrainingQC(SimpleInterface):
     output_spec = _QCOutputSpec
 
     def _run_interface(self, runtime):
-        from bids_mcsr.qc import curves_tsv
+        from bids_mcsr.qc.records import curves_tsv
 
         with open(self.inputs.result) as handle:
             result = json.load(handle)

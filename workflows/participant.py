@@ -7,8 +7,8 @@ from pathlib import Path
 from nipype.interfaces.utility import IdentityInterface
 from nipype.pipeline import engine as pe
 
-from bids_mcsr.bids import SubjectSession
-from workflows.interfaces import (
+from bids_mcsr.dataset.discovery import SubjectSession
+from bids_mcsr.workflows.interfaces import (
     BiasCorrect,
     IdentityTransform,
     RigidRegister,

@@ -1,0 +1,152 @@
+"""Data consistency: make the super-resolved volume reproduce the acquired stacks.
+
+The INR is fitted to every low-resolution voxel, but its finite capacity smooths detail the
+stacks do hold (in-plane texture at the stacks' native spacing). Iterative back-projection
+(Irani & Peleg 1991; the super-resolution step of slice-to-volume reconstruction) restores it:
+
+1. re-simulate each stack from the current volume with the same slice-profile forward model
+   the INR was trained with (:func:`bids_mcsr.acquisition.slice_profile.resimulate_stack`);
+2. take the residual ``acquired - re-simulated`` on the stack's own voxels;
+3. spread it back onto the output grid (linear interpolation in the stack's voxel space,
+   zero outside the stack's field of view) and add it, averaged over the stacks of the
+   contrast that cover a voxel.
+
+The INR supplies what no single stack measures (through-plane detail, shared anatomy from the
+other contrasts); the back-projection keeps what the stacks measure exactly. It would also put
+back their noise: each stack's residual is therefore weighted, every round, by its Wiener
+gain ``max(0, 1 - sigma^2 / mean residual power)`` over the stack's foreground, with
+``sigma`` the stack's estimated noise (:mod:`bids_mcsr.image.noise`). A residual at the noise
+floor is not back-projected at all; one far above it is back-projected whole.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from bids_mcsr.image.geometry import Grid
+from bids_mcsr.image.io import Stack
+from bids_mcsr.acquisition.slice_profile import resimulate_stack, stack_profile
+
+DEFAULT_CONSISTENCY_ITERATIONS = 3  # chosen on the benchmark cases (docs/evaluation.md)
+MIN_INPLANE_RATIO = 0.5  # stacks sampled much finer in-plane than the output are not back-projected
+
+
+def back_project(residual: np.ndarray, stack: Stack, grid: Grid) -> np.ndarray:
+    """A stack-space ``residual`` on ``grid``, linearly interpolated (edge values outside)."""
+    vox = np.linalg.inv(stack.affine) @ grid.affine
+    return ndimage.affine_transform(residual.astype(np.float32), vox[:3, :3], vox[:3, 3],
+                                    output_shape=grid.shape, order=1, mode="nearest")
+
+
+def coverage(stack: Stack, grid: Grid) -> np.ndarray:
+    """Grid voxels within half a voxel of the stack's outermost voxel centres along every
+    stack axis (its field of view), as a boolean array."""
+    vox = np.linalg.inv(stack.affine) @ grid.affine
+    inside = ndimage.affine_transform(np.ones(stack.data.shape, np.uint8), vox[:3, :3], vox[:3, 3],
+                                      output_shape=grid.shape, order=0, mode="grid-constant", cval=0)
+    return inside.astype(bool)
+
+
+def usable_for_back_projection(stack: Stack, grid: Grid) -> bool:
+    """Whether the stack's in-plane sampling is close enough to the grid's to back-project.
+
+    The forward model samples the volume at points in-plane; a stack sampled more than twice
+    as finely in-plane as the output would alias when its residual is spread onto the grid.
+    """
+    finest = float(stack.voxel_sizes.min())  # in-plane: the slice axis is the coarsest
+    return bool(finest >= MIN_INPLANE_RATIO * float(grid.spacing.min()))
+
+
+def fill_from_neighbours(values: np.ndarray, axis: int, slices: Sequence[int]) -> np.ndarray:
+    """``values`` with each of ``slices`` replaced by the mean of its two neighbours."""
+    out = np.array(values, copy=True)
+    for k in slices:
+        index = [slice(None)] * values.ndim
+        index[axis] = slice(k, k + 1)
+        out[tuple(index)] = 0.5 * (np.take(values, [k - 1], axis=axis)
+                                   + np.take(values, [k + 1], axis=axis))
+    return out
+
+
+def residual_weight(residual: np.ndarray, mask: np.ndarray | None, sigma: float | None) -> float:
+    """Wiener gain of a stack's residual: the share of its power (inside ``mask``) above the
+    noise floor ``sigma``; 1 when the noise is unknown."""
+    if sigma is None:
+        return 1.0
+    values = residual[mask] if mask is not None and mask.any() else residual
+    power = float(np.mean(np.square(values, dtype=np.float64)))
+    return 0.0 if power <= 0 else max(0.0, 1.0 - sigma ** 2 / power)
+
+
+def enforce_consistency(volume: np.ndarray, grid: Grid, stacks: Sequence[Stack], profile: str,
+                        iterations: int, n_samples: int = 5, **kwargs) -> np.ndarray:
+    """The volume after ``iterations`` rounds of :func:`consistency_rounds` (same keywords)."""
+    out = None
+    for out in consistency_rounds(volume, grid, stacks, profile, iterations, n_samples, **kwargs):
+        pass
+    return out
+
+
+def consistency_rounds(volume: np.ndarray, grid: Grid, stacks: Sequence[Stack], profile: str,
+                       iterations: int, n_samples: int = 5,
+                       heldout: Sequence[Sequence[int]] | None = None,
+                       noise: Sequence[float] | None = None,
+                       masks: Sequence[np.ndarray] | None = None) -> Iterator[np.ndarray]:
+    """Back-project the residuals of ``stacks`` into ``volume``, round after round.
+
+    Parameters
+    ----------
+    volume
+        One contrast on ``grid``, in the same intensity scale as the stacks' data.
+    stacks
+        The acquired stacks of that contrast (their affines map them onto ``grid``'s space).
+    profile
+        Slice profile of the forward model (``none``, ``gaussian`` or ``boxcar``);
+        (near-)isotropic stacks are point-sampled, as in training.
+    iterations
+        Rounds of re-simulation and back-projection; 0 returns ``volume`` unchanged.
+    n_samples
+        Points through the slab per acquired voxel (the slice-profile quadrature).
+    heldout
+        Per stack, slices whose residual is not used: it is filled in from their two
+        neighbours, as if they had not been acquired.
+    noise, masks
+        Per stack, the noise standard deviation and the foreground where the residual's
+        power is measured: residuals are weighted by :func:`residual_weight` (None: every
+        residual whole, classic back-projection).
+
+    Yields
+    ------
+    numpy.ndarray
+        The volume (float32) before the first round, then after each round (one array,
+        updated in place: copy what must be kept); voxels no stack covers are unchanged.
+    """
+    out = np.asarray(volume, np.float32).copy()
+    yield out
+    n = len(stacks)
+    held = [[] for _ in range(n)] if heldout is None else [list(h) for h in heldout]
+    sigmas = [None] * n if noise is None else list(noise)
+    fg = [None] * n if masks is None else list(masks)
+    usable = [k for k in range(n) if usable_for_back_projection(stacks[k], grid)]
+    if not usable:
+        return
+    covered = [coverage(stacks[k], grid) for k in usable]
+    n_covering = np.maximum(np.sum(covered, axis=0, dtype=np.float32), 1.0)
+    for _ in range(iterations):
+        correction = np.zeros(grid.shape, np.float32)
+        for k, inside in zip(usable, covered):
+            stack = stacks[k]
+            predicted = resimulate_stack(out, grid, stack, stack_profile(stack, profile), n_samples,
+                                         outside="edge")
+            residual = fill_from_neighbours(stack.data - predicted, stack.through_plane_axis, held[k])
+            residual *= residual_weight(residual, fg[k], sigmas[k])
+            values = back_project(residual, stack, grid)
+            values[~inside] = 0.0
+            correction += values
+            del values
+        out += correction / n_covering
+        yield out
+

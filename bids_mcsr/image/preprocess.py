@@ -1,0 +1,158 @@
+"""Preprocessing of stacks with ANTsPy: N4 bias-field correction and rigid registration.
+
+Registration never resamples a stack: the rigid transform is folded into the stack's affine,
+so the INR is fitted to the voxels as acquired.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from nibabel.affines import voxel_sizes
+
+from bids_mcsr.image.io import Stack
+
+# nibabel affines are RAS+, ITK/ANTs physical space is LPS+: flip x and y.
+_RAS_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def set_threads(threads: int | None) -> None:
+    """Limit the threads ITK (ANTs) uses in this process."""
+    if threads:
+        os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(int(threads))
+
+
+def to_ants(stack: Stack):
+    """The stack as an ANTs image with the same voxels and the same world placement.
+
+    Parameters
+    ----------
+    stack : Stack
+        Input stack.
+
+    Returns
+    -------
+    ants.ANTsImage
+        Float image whose index-to-physical mapping equals ``stack.affine`` (in LPS).
+    """
+    import ants
+
+    lps = _RAS_LPS @ np.asarray(stack.affine, float)
+    spacing = voxel_sizes(lps)
+    direction = lps[:3, :3] / spacing
+    return ants.from_numpy(np.ascontiguousarray(stack.data, dtype=np.float32),
+                           origin=tuple(lps[:3, 3]), spacing=tuple(spacing),
+                           direction=direction)
+
+
+def n4_correct(stack: Stack, threads: int | None = None) -> Stack:
+    """Remove a smooth bias field from a stack with ANTs N4.
+
+    The field is fitted inside a simple foreground mask (above 5% of the 99th percentile; ANTs'
+    default mask can leave the field flat). The shrink factor is chosen so that no axis drops
+    below 8 voxels, which keeps thick-slice stacks (few slices) valid.
+
+    Parameters
+    ----------
+    stack : Stack
+        Input stack (intensities >= 0 expected).
+    threads : int, optional
+        ITK threads.
+
+    Returns
+    -------
+    Stack
+        Same geometry, corrected intensities (float32), rescaled so that the foreground
+        median is that of the input (N4 itself returns an arbitrary global scale).
+    """
+    import ants
+
+    set_threads(threads)
+    foreground = stack.data > 0.05 * np.percentile(stack.data, 99)
+    mask = to_ants(stack.with_data(foreground.astype(np.float32)))
+    shrink = int(max(1, min(4, min(stack.data.shape) // 8)))
+    corrected = ants.n4_bias_field_correction(to_ants(stack), mask=mask, shrink_factor=shrink).numpy()
+    scale = np.median(stack.data[foreground]) / max(float(np.median(corrected[foreground])), 1e-12)
+    return stack.with_data((corrected * scale).astype(np.float32))
+
+
+def _itk_matrix(transform) -> np.ndarray:
+    """4x4 homogeneous matrix (LPS, fixed -> moving points) of an ANTs affine transform."""
+    params = np.asarray(transform.parameters, float)
+    center = np.asarray(transform.fixed_parameters, float)
+    linear = params[:9].reshape(3, 3)
+    translation = params[9:12]
+    matrix = np.eye(4)
+    matrix[:3, :3] = linear
+    matrix[:3, 3] = translation + center - linear @ center
+    return matrix
+
+
+def register_rigid(moving: Stack, reference: Stack,
+                   threads: int | None = None) -> tuple[np.ndarray, Stack]:
+    """Rigidly align ``moving`` to ``reference`` (Mattes mutual information, ANTs).
+
+    Parameters
+    ----------
+    moving : Stack
+        Stack to align.
+    reference : Stack
+        Fixed stack.
+    threads : int, optional
+        ITK threads.
+
+    Returns
+    -------
+    world : ndarray, shape (4, 4)
+        RAS+ transform taking a point of the moving stack's world to the reference's world.
+    aligned : Stack
+        ``moving`` with the same voxels and the affine ``world @ moving.affine``.
+    """
+    import ants
+
+    set_threads(threads)
+    result = ants.registration(fixed=to_ants(reference), moving=to_ants(moving),
+                               type_of_transform="Rigid", aff_metric="mattes",
+                               aff_shrink_factors=(4, 2, 1), aff_smoothing_sigmas=(2, 1, 0),
+                               aff_iterations=(500, 250, 100), smoothing_in_mm=False)
+    try:
+        fixed_to_moving = _itk_matrix(ants.read_transform(result["fwdtransforms"][0]))
+    finally:
+        for path in result["fwdtransforms"] + result["invtransforms"]:
+            if os.path.exists(path):
+                os.remove(path)
+    world = np.linalg.inv(_RAS_LPS @ fixed_to_moving @ _RAS_LPS)
+    return world, moving.with_affine(world @ moving.affine)
+
+
+def itk_transform_text(world: np.ndarray) -> str:
+    """An ITK text transform file (as ANTs writes) equivalent to a RAS world transform.
+
+    ITK transforms map points of the fixed (reference) space to the moving space, in LPS.
+
+    Parameters
+    ----------
+    world : ndarray, shape (4, 4)
+        RAS+ transform moving-world -> reference-world (as from ``register_rigid``).
+
+    Returns
+    -------
+    str
+        Content of an ``Insight Transform File V1.0``.
+    """
+    lps = _RAS_LPS @ np.linalg.inv(world) @ _RAS_LPS
+    values = list(lps[:3, :3].ravel()) + list(lps[:3, 3])
+    return ("#Insight Transform File V1.0\n#Transform 0\n"
+            "Transform: AffineTransform_double_3_3\n"
+            f"Parameters: {' '.join(f'{v:.10g}' for v in values)}\n"
+            "FixedParameters: 0 0 0\n")
+
+
+def save_stack(stack: Stack, path: Path) -> Path:
+    """Write a stack as NIfTI (float32, sform = qform = its affine)."""
+    import nibabel as nib
+
+    nib.save(stack.to_nifti(), str(path))
+    return Path(path)

@@ -1,0 +1,149 @@
+"""Training samples: every acquired low-resolution voxel, in the shared normalised frame."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from bids_mcsr.inr.acquisition_fit import StackAcquisition
+from bids_mcsr.image.geometry import CoordinateFrame, voxel_centres
+from bids_mcsr.acquisition.holdout import slice_mask
+from bids_mcsr.image.intensity import IntensityScaler, foreground_mask
+from bids_mcsr.image.io import Stack
+from bids_mcsr.acquisition.slice_profile import profile_quantile, slice_normal, stack_profile
+
+
+@dataclass
+class TrainingSamples:
+    """Flat tensors over all stacks' voxels plus per-stack slice-profile geometry.
+
+    ``normal[s]`` is stack ``s``'s unit slice normal in normalised units per mm; the
+    slab's width (FWHM, mm) comes from the stack's acquisition parameters
+    (:class:`~bids_mcsr.inr.acquisition_fit.StackAcquisition`), zero for point-sampled stacks.
+    Each training voxel is predicted as the mean of the network at ``n_profile`` points
+    through its slab, drawn by stratified sampling of the profile (one random point per
+    equal-probability stratum, new every step), so the whole slab is covered rather than
+    a few fixed planes. ``heldout`` marks the voxels of held-out slices: never trained on,
+    used to score the fit.
+    """
+
+    coords: torch.Tensor
+    values: torch.Tensor
+    contrast: torch.Tensor
+    stack: torch.Tensor
+    foreground: np.ndarray
+    normal: torch.Tensor
+    profiled: list[bool]
+    profile: str
+    n_profile: int
+    heldout: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.values.shape[0])
+
+    def epoch_indices(self, rng: np.random.Generator, background_fraction: float) -> np.ndarray:
+        """Shuffled indices of all foreground voxels and a random share of the background
+        (held-out voxels excluded)."""
+        fg = np.flatnonzero(self.foreground & ~self.heldout)
+        bg = np.flatnonzero(~self.foreground & ~self.heldout)
+        n_bg = int(round(background_fraction * bg.size))
+        chosen = np.concatenate([fg, rng.choice(bg, n_bg, replace=False) if n_bg else bg[:0]])
+        rng.shuffle(chosen)
+        return chosen
+
+    def n_epoch(self, background_fraction: float) -> int:
+        """Samples drawn per epoch by :meth:`epoch_indices`."""
+        train = ~self.heldout
+        return int((self.foreground & train).sum()
+                   + round(background_fraction * (~self.foreground & train).sum()))
+
+    def heldout_indices(self) -> np.ndarray:
+        """Foreground voxels of the held-out slices (where the fit is scored)."""
+        return np.flatnonzero(self.foreground & self.heldout)
+
+    def to(self, device: torch.device) -> "TrainingSamples":
+        return TrainingSamples(self.coords.to(device), self.values.to(device),
+                               self.contrast.to(device), self.stack.to(device), self.foreground,
+                               self.normal.to(device), self.profiled, self.profile,
+                               self.n_profile, self.heldout)
+
+    def profile_points(self, idx: torch.Tensor, acquisition: StackAcquisition,
+                       stratified: bool = True, learn: str | None = None) -> torch.Tensor:
+        """Sample points ``(B, n_profile, 3)`` through the slabs of voxels ``idx``, moved by
+        their stacks' poses. ``stratified=False`` takes each stratum's midpoint (scoring);
+        ``learn`` (``"pose"`` or ``"width"``): the points carry gradients to those
+        acquisition parameters."""
+        if learn is None:
+            with torch.no_grad():
+                return self._points(idx, acquisition, stratified, None)
+        return self._points(idx, acquisition, stratified, learn)
+
+    def _points(self, idx: torch.Tensor, acquisition: StackAcquisition, stratified: bool,
+                learn: str | None) -> torch.Tensor:
+        stack = self.stack[idx]
+        x = self.coords[idx].unsqueeze(1)
+        if self.n_profile > 1:
+            k = torch.arange(self.n_profile, device=x.device)
+            jitter = (torch.rand(idx.shape[0], self.n_profile, device=x.device) if stratified
+                      else torch.full((idx.shape[0], self.n_profile), 0.5, device=x.device))
+            t = profile_quantile(self.profile, (k + jitter) / self.n_profile)
+            fwhm = acquisition.fwhm_mm()
+            fwhm = fwhm if learn == "width" else fwhm.detach()
+            slab = self.normal[stack] * fwhm[stack].unsqueeze(-1)
+            x = x + t.unsqueeze(-1) * slab.unsqueeze(1)
+        return acquisition.move(x, stack, detach=learn != "pose")
+
+
+def profile_points_per_sample(stacks: Sequence[Stack], profile: str,
+                              n_profile_samples: int = 5) -> int:
+    """Network evaluations per training sample: 1 when point-sampled (no profile, or only
+    (near-)isotropic stacks), else ``n_profile_samples``."""
+    return n_profile_samples if any(is_profiled(s, profile) for s in stacks) else 1
+
+
+def is_profiled(stack: Stack, profile: str) -> bool:
+    """Whether a stack is modelled with a slab: a thick-slice stack under a slice profile
+    ((near-)isotropic stacks are point-sampled whatever ``profile`` says)."""
+    return stack_profile(stack, profile) != "none"
+
+
+def build_samples(stacks: Sequence[Stack], contrasts: Sequence[str], frame: CoordinateFrame,
+                  scalers: Sequence[IntensityScaler], masks: Sequence[np.ndarray],
+                  profile: str, n_profile_samples: int = 5,
+                  heldout: Sequence[np.ndarray] | None = None) -> TrainingSamples:
+    """Assemble the training set of all stacks.
+
+    ``heldout`` gives, per stack, the indices of its held-out slices (along its slice axis).
+    """
+    k = profile_points_per_sample(stacks, profile, n_profile_samples)
+    parts = {"coords": [], "values": [], "contrast": [], "stack": [], "fg": [], "held": []}
+    normal = np.zeros((len(stacks), 3), np.float32)
+    for i, (s, scaler, mask) in enumerate(zip(stacks, scalers, masks)):
+        parts["coords"].append(frame.normalise(voxel_centres(s.data.shape, s.affine)))
+        parts["values"].append(scaler.forward(s.data.ravel()))
+        parts["contrast"].append(np.full(s.data.size, contrasts.index(s.contrast), np.int64))
+        parts["stack"].append(np.full(s.data.size, i, np.int64))
+        parts["fg"].append(mask.ravel())
+        parts["held"].append(slice_mask(s, [] if heldout is None else heldout[i]).ravel())
+        normal[i] = frame.normalise_vector(slice_normal(s))
+    return TrainingSamples(
+        coords=torch.from_numpy(np.concatenate(parts["coords"])),
+        values=torch.from_numpy(np.concatenate(parts["values"])),
+        contrast=torch.from_numpy(np.concatenate(parts["contrast"])),
+        stack=torch.from_numpy(np.concatenate(parts["stack"])),
+        foreground=np.concatenate(parts["fg"]),
+        normal=torch.from_numpy(normal),
+        profiled=[is_profiled(s, profile) for s in stacks],
+        profile=profile,
+        n_profile=k,
+        heldout=np.concatenate(parts["held"]),
+    )
+
+
+def stack_masks_and_scalers(stacks: Sequence[Stack]) -> tuple[list[np.ndarray], list[IntensityScaler]]:
+    """Foreground mask and intensity scaler of every stack, from its own voxels."""
+    masks = [foreground_mask(s.data) for s in stacks]
+    return masks, [IntensityScaler.fit(s.data, m) for s, m in zip(stacks, masks)]
