@@ -30,13 +30,14 @@ import torch
 from bids_mcsr.image.geometry import Grid
 from bids_mcsr.image.io import Stack
 from bids_mcsr.image.metrics import cubic_baseline, psnr, ssim
-from bids_mcsr.inr.model import model_spec
+from bids_mcsr.inr.presets import model_spec
 from bids_mcsr.evaluation.phantom import mni_truth
 from bids_mcsr.image.preprocess import n4_correct, register_rigid
 from bids_mcsr.inr.memory import Estimate, plan_memory
 from bids_mcsr.inr.sampling import profile_points_per_sample
 from bids_mcsr.acquisition.simulate import simulate_stack
-from bids_mcsr.inr.superres import SRConfig, super_resolve
+from bids_mcsr.inr.config import SRConfig
+from bids_mcsr.inr.superres import super_resolve
 
 
 def match_intensity(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> np.ndarray:

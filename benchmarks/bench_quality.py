@@ -38,7 +38,8 @@ from bids_mcsr.image.geometry import CoordinateFrame, voxel_centres  # noqa: E40
 from bids_mcsr.inr.inference import predict_points  # noqa: E402
 from bids_mcsr.image.metrics import cubic_baseline, mutual_information, psnr, ssim  # noqa: E402
 from bids_mcsr.inr.stopping import mi_plateaued  # noqa: E402
-from bids_mcsr.inr.superres import SRConfig, super_resolve  # noqa: E402
+from bids_mcsr.inr.config import SRConfig  # noqa: E402
+from bids_mcsr.inr.superres import super_resolve  # noqa: E402
 
 
 def score(case, volumes: dict[str, np.ndarray]) -> dict:

@@ -45,7 +45,8 @@ from bids_mcsr.image.geometry import Grid  # noqa: E402
 from bids_mcsr.image.io import Stack  # noqa: E402
 from bids_mcsr.image.metrics import cubic_baseline, psnr, ssim  # noqa: E402
 from bids_mcsr.evaluation.phantom import mni_truth  # noqa: E402
-from bids_mcsr.inr.superres import SRConfig, super_resolve  # noqa: E402
+from bids_mcsr.inr.config import SRConfig  # noqa: E402
+from bids_mcsr.inr.superres import super_resolve  # noqa: E402
 
 ROUNDS = 3
 

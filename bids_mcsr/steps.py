@@ -6,7 +6,6 @@ workflow engine can cache it; none of them knows about nipype.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -14,10 +13,12 @@ import nibabel as nib
 import numpy as np
 
 from bids_mcsr.errors import InputError
-from bids_mcsr.image.geometry import Grid, check_overlap, make_output_grid
+from bids_mcsr.image.geometry import Grid, check_overlap, make_output_grid, pick_reference
 from bids_mcsr.image.io import Stack, load_stack
 from bids_mcsr.image.preprocess import itk_transform_text, n4_correct, register_rigid, save_stack
-from bids_mcsr.inr.superres import SRConfig, super_resolve
+from bids_mcsr.inr.config import SRConfig
+from bids_mcsr.inr.result import save_result
+from bids_mcsr.inr.superres import super_resolve
 
 log = logging.getLogger("bids_mcsr")
 
@@ -71,16 +72,8 @@ def select_reference(in_files: list[str], contrasts: list[str], names: list[str]
     InputError
         When ``reference`` matches no stack.
     """
-    coarsest = [max(nib.load(f).header.get_zooms()[:3]) for f in in_files]
-    candidates = list(range(len(in_files)))
-    if reference:
-        candidates = ([i for i in candidates if contrasts[i] == reference]
-                      or [i for i in candidates if reference in names[i]])
-        if not candidates:
-            raise InputError(reference, "matches no selected stack",
-                             f"give --reference one of {sorted(set(contrasts))} or part of "
-                             f"a file name among {names}")
-    return min(candidates, key=lambda i: coarsest[i])
+    return pick_reference([nib.load(f).header.get_zooms()[:3] for f in in_files], contrasts, names,
+                          reference)
 
 
 def register(moving_file: str, reference_file: str, contrast: str, out_file: str,
@@ -117,14 +110,6 @@ def register(moving_file: str, reference_file: str, contrast: str, out_file: str
     return out_file, xfm_file
 
 
-def _jsonable(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
-
-
 def _note_isotropic(stacks: list[Stack]) -> None:
     """Say when a contrast's only stack is already isotropic: it is used as it is."""
     for stack in stacks:
@@ -137,7 +122,7 @@ def _note_isotropic(stacks: list[Stack]) -> None:
 
 def superresolve(in_files: list[str], contrasts: list[str],
                  thicknesses: list[float | None], out_dir: str, config: dict,
-                 output_grid: str | None = None) -> dict:
+                 output_grid: str | None = None, reference_index: int | None = None) -> dict:
     """Fit the INR to registered stack files and write its outputs to ``out_dir``.
 
     Parameters
@@ -150,6 +135,8 @@ def superresolve(in_files: list[str], contrasts: list[str],
         ``SRConfig`` keyword arguments.
     output_grid : str, optional
         NIfTI whose grid the outputs are sampled on.
+    reference_index : int, optional
+        The reference stack (:func:`select_reference`): orients the output grid, keeps its pose.
 
     Returns
     -------
@@ -166,20 +153,5 @@ def superresolve(in_files: list[str], contrasts: list[str],
         ref = nib.load(output_grid)
         grid = Grid(tuple(int(n) for n in ref.shape[:3]), np.asarray(ref.affine, float))
     else:
-        grid = make_output_grid(stacks, sr_config.output_spacing)
-    result = super_resolve(stacks, sr_config, grid=grid)
-    volumes = {}
-    for contrast in result.contrasts:
-        volumes[contrast] = str(out / f"{contrast}.nii.gz")
-        nib.save(result.to_nifti(contrast), volumes[contrast])
-    nib.save(result.mask_nifti(), str(out / "mask.nii.gz"))
-    meta = {"contrasts": result.contrasts, "history": result.history,
-            "stopped_epoch": result.stopped_epoch, "epochs_run": result.epochs_run,
-            "final_mi": result.final_mi, "runtime_s": result.runtime_s,
-            "device": result.device, "settings": result.settings,
-            "acquisition": result.acquisition, "validation": result.validation,
-            "spacing": [float(s) for s in result.grid.spacing],
-            "shape": list(result.grid.shape)}
-    (out / "result.json").write_text(json.dumps(meta, indent=2, default=_jsonable))
-    return {"volumes": volumes, "mask": str(out / "mask.nii.gz"),
-            "result": str(out / "result.json")}
+        grid = make_output_grid(stacks, sr_config.output_spacing, reference_index)
+    return save_result(super_resolve(stacks, sr_config, grid=grid, reference=reference_index), out)

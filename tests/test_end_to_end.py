@@ -154,3 +154,29 @@ def test_a_post_contrast_t1w_is_a_contrast_of_its_own(tmp_path):
     assert main(argv) == 0  # complete: every contrast's output is found under its own name
     log = "\n".join(p.read_text() for p in (out / "logs").glob("bids-mcsr_*.log"))
     assert "sub-01: outputs already complete" in log
+
+
+def test_reference_orients_the_output_grid(tmp_path):
+    """``--reference T2w``: registration target, output grid and fixed pose are all the T2w."""
+    bids = tiny_dataset(tmp_path / "bids", {"01": ("T1w", "T2w")})
+    t2 = bids / "sub-01" / "anat" / "sub-01_T2w.nii.gz"
+    img = nib.load(t2)
+    centre = img.affine[:3, :3] @ ((np.asarray(img.shape) - 1) / 2) + img.affine[:3, 3]
+    angle = np.radians(20)
+    turn = np.eye(4)
+    turn[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    turn[:3, 3] = centre - turn[:3, :3] @ centre
+    oblique = turn @ img.affine
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), oblique), t2)
+    rotation = oblique[:3, :3] / np.linalg.norm(oblique[:3, :3], axis=0)
+    for reference, expected in ((["--reference", "T2w"], rotation), ([], None)):
+        out = tmp_path / f"out{len(reference)}"
+        assert main([str(bids), str(out), "participant", *fast_args(tmp_path / f"w{len(reference)}"),
+                     *reference]) == 0
+        sr = next((out / "sub-01" / "anat").glob("*desc-sr_T1w.nii.gz"))
+        axes = nib.load(sr).affine[:3, :3]
+        axes = axes / np.linalg.norm(axes, axis=0)
+        if expected is None:
+            assert not np.allclose(np.abs(axes), np.abs(rotation), atol=1e-3)
+        else:
+            assert np.allclose(axes, expected, atol=1e-4)

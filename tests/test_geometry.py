@@ -6,7 +6,8 @@ from nibabel.affines import apply_affine, from_matvec
 from scipy.spatial.transform import Rotation
 
 from bids_mcsr.errors import InputError
-from bids_mcsr.image.geometry import (CoordinateFrame, check_overlap, make_output_grid, stack_corners,
+from bids_mcsr.image.geometry import (CoordinateFrame, check_overlap, make_output_grid, pick_reference,
+                                      stack_corners,
                                 voxel_centres, voxel_centres_chunk)
 from bids_mcsr.image.io import Stack
 
@@ -69,3 +70,24 @@ def test_non_overlapping_stacks_are_refused_with_the_file_name():
     with pytest.raises(InputError, match=r"sub-01_T1w\.nii\.gz: does not overlap"):
         check_overlap([a, far])
     check_overlap([a, oblique_stack(angles=(0, 0, 0), shift=(3, 0, 0))])
+
+
+def test_one_reference_rule_for_registration_grid_and_pose():
+    sizes = [(1, 1, 4), (1, 1, 3), (1, 4, 1), (1, 1, 3)]
+    contrasts = ["T1w", "T2w", "ce-gadolinium_T1w", "FLAIR"]
+    names = ["sub-01_T1w.nii.gz", "sub-01_T2w.nii.gz", "sub-01_ce-gadolinium_T1w.nii.gz",
+             "sub-01_acq-sag_FLAIR.nii.gz"]
+    assert pick_reference(sizes) == 1  # finest through-plane, ties: the first
+    assert pick_reference(sizes, contrasts, names, "T1w") == 0  # not the ce- T1w
+    assert pick_reference(sizes, contrasts, names, "ce-gadolinium_T1w") == 2
+    assert pick_reference(sizes, contrasts, names, "acq-sag") == 3  # part of a file name
+    with pytest.raises(InputError, match="matches no selected stack"):
+        pick_reference(sizes, contrasts, names, "PDw")
+
+
+def test_output_grid_follows_the_reference_it_is_given():
+    a = oblique_stack(zooms=(1, 1, 4), angles=(0, 0, 0))
+    b = oblique_stack(zooms=(1, 1, 4), angles=(0, 0, 25))
+    rot_b = b.affine[:3, :3] / np.linalg.norm(b.affine[:3, :3], axis=0)
+    assert np.allclose(make_output_grid([a, b], 1.0).affine[:3, :3], np.eye(3))
+    assert np.allclose(make_output_grid([a, b], 1.0, reference=1).affine[:3, :3], rot_b)

@@ -10,12 +10,14 @@ from bids_mcsr.image.geometry import CoordinateFrame, Grid
 from bids_mcsr.image.io import Stack
 from bids_mcsr.image.metrics import cubic_baseline, psnr, ssim
 from bids_mcsr.inr.stopping import mean_pairwise_mi, mi_plateaued
-from bids_mcsr.inr.model import build_model, model_spec
+from bids_mcsr.inr.model import build_model
+from bids_mcsr.inr.presets import model_spec
 from bids_mcsr.evaluation.phantom import mni_truth
 from bids_mcsr.inr.sampling import build_samples, stack_masks_and_scalers
 from bids_mcsr.acquisition.simulate import simulate_stack
 from bids_mcsr.acquisition.slice_profile import resimulate_stack
-from bids_mcsr.inr.superres import SRConfig, super_resolve
+from bids_mcsr.inr.config import SRConfig
+from bids_mcsr.inr.superres import super_resolve
 from bids_mcsr.inr.training import TrainConfig, train
 
 # 2 mm truth, 6 mm slices: a 3x anisotropic T1w (axial) and T2w (coronal)

@@ -122,6 +122,8 @@ class _SuperResolveInputSpec(BaseInterfaceInputSpec):
     config = traits.Dict(mandatory=True, desc="SRConfig keyword arguments")
     output_grid = traits.Either(None, File(exists=True), usedefault=True,
                                 desc="image whose grid the outputs use")
+    reference_index = traits.Either(None, traits.Int, usedefault=True,
+                                    desc="the reference stack: orients the grid, keeps its pose")
 
 
 class _SuperResolveOutputSpec(TraitedSpec):
@@ -139,7 +141,8 @@ class SuperResolve(SimpleInterface):
     def _run_interface(self, runtime):
         self._results.update(steps.superresolve(
             list(self.inputs.in_files), self.inputs.contrasts, self.inputs.thicknesses,
-            os.path.join(runtime.cwd, "sr"), self.inputs.config, self.inputs.output_grid))
+            os.path.join(runtime.cwd, "sr"), self.inputs.config, self.inputs.output_grid,
+            self.inputs.reference_index))
         return runtime
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from nipype.interfaces.utility import IdentityInterface
 from nipype.pipeline import engine as pe
 
-from bids_mcsr.dataset.discovery import SubjectSession
+from bids_mcsr.dataset.units import SubjectSession
 from bids_mcsr.workflows.interfaces import (
     BiasCorrect,
     IdentityTransform,
@@ -115,6 +115,7 @@ def init_participant_wf(unit: SubjectSession, sr_config: dict, *,
         (superres, qc, [("result", "result")]),
         (register, outputnode, [("xfm_file", "xfm_files")]),
         (select_reference, outputnode, [("index", "reference_index")]),
+        (select_reference, superres, [("index", "reference_index")]),
         (superres, outputnode, [("volumes", "volumes"), ("mask", "mask"),
                                 ("result", "result")]),
         (qc, outputnode, [("curves", "curves"), ("metrics", "metrics")]),

@@ -28,7 +28,7 @@ from scipy import ndimage
 
 from bids_mcsr.image.geometry import Grid
 from bids_mcsr.image.io import Stack
-from bids_mcsr.acquisition.slice_profile import resimulate_stack, stack_profile
+from bids_mcsr.acquisition.slice_profile import PROFILE_SAMPLES, resimulate_stack, stack_profile
 
 DEFAULT_CONSISTENCY_ITERATIONS = 3  # chosen on the benchmark cases (docs/evaluation.md)
 MIN_INPLANE_RATIO = 0.5  # stacks sampled much finer in-plane than the output are not back-projected
@@ -82,7 +82,7 @@ def residual_weight(residual: np.ndarray, mask: np.ndarray | None, sigma: float 
 
 
 def enforce_consistency(volume: np.ndarray, grid: Grid, stacks: Sequence[Stack], profile: str,
-                        iterations: int, n_samples: int = 5, **kwargs) -> np.ndarray:
+                        iterations: int, n_samples: int = PROFILE_SAMPLES, **kwargs) -> np.ndarray:
     """The volume after ``iterations`` rounds of :func:`consistency_rounds` (same keywords)."""
     out = None
     for out in consistency_rounds(volume, grid, stacks, profile, iterations, n_samples, **kwargs):
@@ -91,7 +91,7 @@ def enforce_consistency(volume: np.ndarray, grid: Grid, stacks: Sequence[Stack],
 
 
 def consistency_rounds(volume: np.ndarray, grid: Grid, stacks: Sequence[Stack], profile: str,
-                       iterations: int, n_samples: int = 5,
+                       iterations: int, n_samples: int = PROFILE_SAMPLES,
                        heldout: Sequence[Sequence[int]] | None = None,
                        noise: Sequence[float] | None = None,
                        masks: Sequence[np.ndarray] | None = None) -> Iterator[np.ndarray]:

@@ -18,7 +18,7 @@ from scipy.interpolate import make_interp_spline
 from bids_mcsr.acquisition.backprojection import consistency_rounds
 from bids_mcsr.image.geometry import Grid
 from bids_mcsr.image.io import Stack
-from bids_mcsr.acquisition.slice_profile import resimulate_stack, spline_coefficients, stack_profile
+from bids_mcsr.acquisition.slice_profile import PROFILE_SAMPLES, resimulate_stack, spline_coefficients, stack_profile
 
 HOLDOUT_FRACTION = 0.05  # share of a stack's slices withheld
 MIN_HELDOUT = 2  # slices withheld per stack, at least
@@ -87,7 +87,7 @@ def no_errors() -> dict:
 
 
 def heldout_errors(coeffs: np.ndarray, grid: Grid, stack: Stack, slices: Sequence[int],
-                   mask: np.ndarray, profile: str, n_samples: int = 5) -> dict:
+                   mask: np.ndarray, profile: str, n_samples: int = PROFILE_SAMPLES) -> dict:
     """Squared errors on a stack's held-out slices, inside its foreground ``mask``.
 
     ``coeffs`` are the volume's :func:`~bids_mcsr.acquisition.slice_profile.spline_coefficients`.
@@ -124,7 +124,7 @@ def pooled_psnr(errors: Sequence[dict], key: str, data_range: float) -> float | 
 
 def validate(volume: np.ndarray, grid: Grid, stacks: Sequence[Stack],
              heldout: Sequence[Sequence[int]], masks: Sequence[np.ndarray], profile: str,
-             rounds: int, n_samples: int = 5,
+             rounds: int, n_samples: int = PROFILE_SAMPLES,
              noise: Sequence[float] | None = None) -> tuple[list[dict], list[float]]:
     """Score a contrast's fit on its stacks' held-out slices.
 

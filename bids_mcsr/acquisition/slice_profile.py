@@ -7,7 +7,6 @@ sample points along the slice normal, at offsets (mm) from the voxel centre.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from scipy import ndimage
 
 from bids_mcsr.image.geometry import Grid
@@ -15,10 +14,11 @@ from bids_mcsr.image.io import Stack
 
 PROFILES = ("none", "gaussian", "boxcar")
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+PROFILE_SAMPLES = 5  # quadrature points across a slab (forward model, back-projection, scoring)
 RESIMULATE_CHUNK = 2**20  # stack voxels re-simulated at once (bounds the coordinate arrays)
 
 
-def profile_offsets(profile: str, thickness: float, n_samples: int = 5) -> tuple[np.ndarray, np.ndarray]:
+def profile_offsets(profile: str, thickness: float, n_samples: int = PROFILE_SAMPLES) -> tuple[np.ndarray, np.ndarray]:
     """Offsets along the slice normal (mm) and their weights (summing to 1).
 
     ``gaussian``: Gauss-Hermite quadrature of a Gaussian with FWHM = ``thickness``.
@@ -36,15 +36,6 @@ def profile_offsets(profile: str, thickness: float, n_samples: int = 5) -> tuple
     edges = np.linspace(-thickness / 2, thickness / 2, n_samples + 1)
     return (edges[:-1] + edges[1:]) / 2, np.full(n_samples, 1.0 / n_samples)
 
-
-def profile_quantile(profile: str, u: torch.Tensor) -> torch.Tensor:
-    """Offsets, in units of the slice thickness, at quantiles ``u`` in (0, 1) of the profile."""
-    if profile == "gaussian":
-        u = u.clamp(1e-6, 1 - 1e-6)
-        return (FWHM_TO_SIGMA * np.sqrt(2.0)) * torch.erfinv(2 * u - 1)
-    if profile == "boxcar":
-        return u - 0.5
-    return torch.zeros_like(u)
 
 
 def stack_profile(stack: Stack, profile: str) -> str:
@@ -65,7 +56,7 @@ def spline_coefficients(volume: np.ndarray) -> np.ndarray:
 
 
 def resimulate_stack(volume: np.ndarray, grid: Grid, stack: Stack, profile: str = "gaussian",
-                     n_samples: int = 5, outside: str = "zero",
+                     n_samples: int = PROFILE_SAMPLES, outside: str = "zero",
                      prefiltered: bool = False) -> np.ndarray:
     """Predict an acquired stack from a volume on ``grid`` (data-consistency check).
 

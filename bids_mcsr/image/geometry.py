@@ -95,9 +95,39 @@ class CoordinateFrame:
         return (np.asarray(vec_mm) / self.half_extent_mm).astype(np.float32)
 
 
-def pick_reference(stacks: Sequence[Stack]) -> int:
-    """Index of the stack with the finest through-plane spacing (ties: the first)."""
-    return int(np.argmin([s.voxel_sizes.max() for s in stacks]))
+def pick_reference(voxel_sizes: Sequence[Sequence[float]], contrasts: Sequence[str] = (),
+                   names: Sequence[str] = (), reference: str | None = None) -> int:
+    """The reference stack: registration target, output-grid orientation, fixed pose.
+
+    Parameters
+    ----------
+    voxel_sizes : sequence of (3,) arrays
+        Each stack's voxel sizes (mm).
+    contrasts, names : sequence of str
+        Each stack's contrast key and file name (needed with ``reference``).
+    reference : str, optional
+        A contrast key (``T1w`` is not ``ce-gadolinium_T1w``), else part of a file name.
+
+    Returns
+    -------
+    int
+        Among the stacks ``reference`` names (default: all), the one with the finest
+        through-plane spacing (ties: the first).
+
+    Raises
+    ------
+    InputError
+        When ``reference`` matches no stack.
+    """
+    candidates = list(range(len(voxel_sizes)))
+    if reference:
+        candidates = ([i for i in candidates if contrasts[i] == reference]
+                      or [i for i in candidates if reference in names[i]])
+        if not candidates:
+            raise InputError(reference, "matches no selected stack",
+                             f"give --reference one of {sorted(set(contrasts))} or part of "
+                             f"a file name among {list(names)}")
+    return min(candidates, key=lambda i: float(np.max(voxel_sizes[i])))
 
 
 def make_output_grid(stacks: Sequence[Stack], spacing: float | None = None,
@@ -112,7 +142,7 @@ def make_output_grid(stacks: Sequence[Stack], spacing: float | None = None,
         spacing = float(min(s.voxel_sizes.min() for s in stacks))
     if not (np.isfinite(spacing) and spacing > 0):
         raise ValueError(f"output spacing must be a positive number of mm, got {spacing}")
-    ref = stacks[pick_reference(stacks) if reference is None else reference]
+    ref = stacks[pick_reference([s.voxel_sizes for s in stacks]) if reference is None else reference]
     rot = direction_cosines(ref.affine)
     pts = np.concatenate([stack_corners(s) for s in stacks])
     local = pts @ rot  # coordinates along the grid axes

@@ -18,7 +18,7 @@ import numpy as np
 from bids_mcsr.errors import InputError
 from bids_mcsr.image.geometry import make_output_grid
 from bids_mcsr.image.io import Stack
-from bids_mcsr.inr.model import ModelSpec
+from bids_mcsr.inr.presets import ModelSpec
 from bids_mcsr.acquisition.slice_profile import RESIMULATE_CHUNK
 
 GB = 2**30

@@ -13,7 +13,17 @@ from bids_mcsr.image.geometry import CoordinateFrame, voxel_centres
 from bids_mcsr.acquisition.holdout import slice_mask
 from bids_mcsr.image.intensity import IntensityScaler, foreground_mask
 from bids_mcsr.image.io import Stack
-from bids_mcsr.acquisition.slice_profile import profile_quantile, slice_normal, stack_profile
+from bids_mcsr.acquisition.slice_profile import FWHM_TO_SIGMA, PROFILE_SAMPLES, slice_normal, stack_profile
+
+
+def profile_quantile(profile: str, u: torch.Tensor) -> torch.Tensor:
+    """Offsets, in units of the slice thickness, at quantiles ``u`` in (0, 1) of the profile."""
+    if profile == "gaussian":
+        u = u.clamp(1e-6, 1 - 1e-6)
+        return (FWHM_TO_SIGMA * np.sqrt(2.0)) * torch.erfinv(2 * u - 1)
+    if profile == "boxcar":
+        return u - 0.5
+    return torch.zeros_like(u)
 
 
 @dataclass
@@ -98,7 +108,7 @@ class TrainingSamples:
 
 
 def profile_points_per_sample(stacks: Sequence[Stack], profile: str,
-                              n_profile_samples: int = 5) -> int:
+                              n_profile_samples: int = PROFILE_SAMPLES) -> int:
     """Network evaluations per training sample: 1 when point-sampled (no profile, or only
     (near-)isotropic stacks), else ``n_profile_samples``."""
     return n_profile_samples if any(is_profiled(s, profile) for s in stacks) else 1
@@ -112,7 +122,7 @@ def is_profiled(stack: Stack, profile: str) -> bool:
 
 def build_samples(stacks: Sequence[Stack], contrasts: Sequence[str], frame: CoordinateFrame,
                   scalers: Sequence[IntensityScaler], masks: Sequence[np.ndarray],
-                  profile: str, n_profile_samples: int = 5,
+                  profile: str, n_profile_samples: int = PROFILE_SAMPLES,
                   heldout: Sequence[np.ndarray] | None = None) -> TrainingSamples:
     """Assemble the training set of all stacks.
 

@@ -7,6 +7,7 @@ from itertools import combinations
 import numpy as np
 
 from bids_mcsr.image.metrics import mutual_information
+from bids_mcsr.inr.presets import MI_TOLERANCE_NATS, MI_WINDOW
 
 
 def mean_pairwise_mi(pred: np.ndarray, bins: int = 32) -> float | None:
@@ -17,7 +18,8 @@ def mean_pairwise_mi(pred: np.ndarray, bins: int = 32) -> float | None:
     return float(np.mean([mutual_information(pred[:, i], pred[:, j], bins) for i, j in pairs]))
 
 
-def mi_plateaued(mi_history: list[float], window: int = 4, tolerance: float = 2e-3) -> bool:
+def mi_plateaued(mi_history: list[float], window: int = MI_WINDOW,
+                 tolerance: float = MI_TOLERANCE_NATS) -> bool:
     """True when the mean absolute epoch-to-epoch MI change over the last ``window``
     changes is below ``tolerance`` (nats), i.e. MI has stopped moving."""
     if len(mi_history) < window + 1:

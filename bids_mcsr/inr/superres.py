@@ -4,98 +4,33 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
-import nibabel as nib
 import numpy as np
 import torch
 
-from bids_mcsr.inr.acquisition_fit import StackAcquisition
-from bids_mcsr.acquisition.backprojection import DEFAULT_CONSISTENCY_ITERATIONS, enforce_consistency
-from bids_mcsr.inr.device import describe, select_device
-from bids_mcsr.image.geometry import (CoordinateFrame, Grid, check_overlap, make_output_grid, pick_reference,
-                       voxel_centres_at)
-from bids_mcsr.acquisition.holdout import HOLDOUT_FRACTION, choose_heldout, pooled_psnr, validate
-from bids_mcsr.inr.inference import predict_grid
-from bids_mcsr.image.intensity import IntensityScaler
-from bids_mcsr.image.metrics import resample_to_grid
-from bids_mcsr.inr.model import build_model, model_spec
-from bids_mcsr.image.noise import estimate_noise
-from bids_mcsr.inr.memory import Estimate, plan_memory
-from bids_mcsr.inr.sampling import build_samples, stack_masks_and_scalers
+from bids_mcsr.acquisition.backprojection import enforce_consistency
+from bids_mcsr.acquisition.holdout import choose_heldout, pooled_psnr, validate
 from bids_mcsr.acquisition.slice_profile import PROFILES
-from bids_mcsr.inr.training import TrainConfig, train
+from bids_mcsr.image.geometry import (CoordinateFrame, Grid, check_overlap, make_output_grid,
+                                      pick_reference, voxel_centres_at)
+from bids_mcsr.image.intensity import IntensityScaler
 from bids_mcsr.image.io import Stack
+from bids_mcsr.image.metrics import resample_to_grid
+from bids_mcsr.image.noise import estimate_noise
+from bids_mcsr.inr.acquisition_fit import StackAcquisition
+from bids_mcsr.inr.config import SRConfig
+from bids_mcsr.inr.device import describe, select_device
+from bids_mcsr.inr.inference import predict_grid
+from bids_mcsr.inr.memory import Estimate, plan_memory
+from bids_mcsr.inr.model import build_model
+from bids_mcsr.inr.presets import ModelSpec, model_spec
+from bids_mcsr.inr.result import SRResult
+from bids_mcsr.inr.sampling import TrainingSamples, build_samples, stack_masks_and_scalers
+from bids_mcsr.inr.training import TrainConfig, train
 
 log = logging.getLogger("bids_mcsr")
-
-
-@dataclass
-class SRConfig:
-    """User-facing settings of :func:`super_resolve` (``None`` = the model's default).
-
-    ``learn_profile``/``refine_registration``: fit each thick stack's slice-profile width /
-    rigid pose with the network (off by default: on the robustness benchmark they win where
-    the header or the profile shape is wrong and lose where it is right,
-    docs/evaluation.md). ``holdout_fraction`` of each thick stack's slices are
-    withheld from training to score the fit against cubic interpolation. ``keep_network_output`` also returns each contrast's
-    volume before back-projection (for benchmarks).
-    """
-
-    model: str = "fast"
-    slice_profile: str = "gaussian"
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    seed: int = 0
-    device: str = "auto"
-    threads: int | None = None
-    mi_stopping: bool = True
-    output_spacing: float | None = None
-    mem_gb: float | None = None
-    profile_samples: int = 5
-    background_fraction: float = 0.2
-    mi_points: int = 20000
-    compile: bool | None = None
-    max_train_seconds: float | None = None
-    finest_mm: float | None = None
-    consistency_iterations: int = DEFAULT_CONSISTENCY_ITERATIONS
-    learn_profile: bool = False
-    refine_registration: bool = False
-    holdout_fraction: float = HOLDOUT_FRACTION
-    keep_network_output: bool = False
-
-
-@dataclass
-class SRResult:
-    contrasts: list[str]
-    volumes: dict[str, np.ndarray]
-    grid: Grid
-    mask: np.ndarray
-    history: dict
-    stopped_epoch: int
-    epochs_run: int
-    final_mi: float | None
-    runtime_s: float
-    device: str
-    settings: dict
-    timings: dict = field(default_factory=dict)
-    acquisition: list[dict] = field(default_factory=list)
-    validation: dict = field(default_factory=dict)
-    network_volumes: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def to_nifti(self, contrast: str) -> nib.Nifti1Image:
-        img = nib.Nifti1Image(self.volumes[contrast].astype(np.float32), self.grid.affine)
-        img.set_qform(self.grid.affine, code=1)
-        img.set_sform(self.grid.affine, code=1)
-        return img
-
-    def mask_nifti(self) -> nib.Nifti1Image:
-        img = nib.Nifti1Image(self.mask.astype(np.uint8), self.grid.affine)
-        img.set_qform(self.grid.affine, code=1)
-        img.set_sform(self.grid.affine, code=1)
-        return img
 
 
 def contrasts_of(stacks: Sequence[Stack]) -> list[str]:
@@ -128,8 +63,131 @@ def use_compile(requested: bool | None, evaluations: int) -> bool:
     return bool(evaluations > COMPILE_MIN_EVALUATIONS) if requested is None else bool(requested)
 
 
+@dataclass
+class _Problem:
+    """Everything the fit needs, derived once from the stacks and the settings."""
+
+    contrasts: list[str]
+    grid: Grid
+    frame: CoordinateFrame
+    spec: ModelSpec
+    masks: list[np.ndarray]
+    scalers: list[IntensityScaler]
+    heldout: list[np.ndarray]
+    samples: TrainingSamples
+    acquisition: StackAcquisition
+    mask: np.ndarray
+    mi_coords: np.ndarray | None
+
+
+def _fit_spec(config: SRConfig) -> ModelSpec:
+    spec = model_spec(config.model, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr)
+    if config.finest_mm is not None:
+        if spec.encoding != "hashgrid":
+            raise ValueError(f"finest_mm applies to hash-grid models, not {config.model!r}")
+        spec.encoding_args = {**spec.encoding_args, "finest_mm": float(config.finest_mm)}
+    return spec
+
+
+def _mi_points(region: np.ndarray, grid: Grid, frame: CoordinateFrame, config: SRConfig):
+    """Normalised coordinates of up to ``config.mi_points`` grid voxels of ``region``."""
+    flat = np.flatnonzero(region.ravel())
+    rng = np.random.default_rng(config.seed)
+    chosen = np.sort(rng.choice(flat, min(config.mi_points, flat.size), replace=False))
+    return frame.normalise(voxel_centres_at(grid.shape, grid.affine, chosen)) if chosen.size else None
+
+
+def _problem(stacks: Sequence[Stack], config: SRConfig, grid: Grid, reference: int) -> _Problem:
+    contrasts = contrasts_of(stacks)
+    frame = CoordinateFrame.from_stacks(stacks)
+    masks, scalers = stack_masks_and_scalers(stacks)
+    held_rng = np.random.default_rng([config.seed, 1])
+    heldout = [choose_heldout(s, held_rng, config.holdout_fraction) for s in stacks]
+    samples = build_samples(stacks, contrasts, frame, scalers, masks, config.slice_profile,
+                            config.profile_samples, heldout)
+    acquisition = StackAcquisition(stacks, frame, samples.profiled,
+                                   learn_profile=config.learn_profile and samples.n_profile > 1,
+                                   refine_pose=config.refine_registration and len(stacks) > 1,
+                                   reference=reference)
+    per_contrast = grid_masks(stacks, masks, grid, contrasts)
+    mask = np.logical_or.reduce(list(per_contrast.values()))
+    shared = np.logical_and.reduce(list(per_contrast.values()))
+    return _Problem(contrasts, grid, frame, _fit_spec(config), masks, scalers, heldout, samples,
+                    acquisition, mask, _mi_points(shared if shared.any() else mask, grid, frame, config))
+
+
+def _train(problem: _Problem, config: SRConfig, device: torch.device, progress, on_epoch_end):
+    """Build and train the network; returns it, its history, the training settings and the
+    memory plan."""
+    spec, samples = problem.spec, problem.samples
+    model = build_model(spec, len(problem.contrasts), extent_mm=2 * problem.frame.half_extent_mm,
+                        seed=config.seed)
+    log.info("training %s model on %d samples of %s (%s), output grid %s at %.2f mm",
+             spec.name, len(samples), "/".join(problem.contrasts), describe(device),
+             problem.grid.shape, float(problem.grid.spacing[0]))
+    plan = plan_memory(Estimate(len(samples), problem.grid.n_voxels, len(problem.contrasts)), spec,
+                       samples.n_profile, config.mem_gb)
+    if plan.batch_size < spec.batch_size:
+        log.info("--mem-gb %g: training batches of %d samples instead of %d", config.mem_gb,
+                 plan.batch_size, spec.batch_size)
+    tcfg = TrainConfig(epochs=spec.epochs, batch_size=plan.batch_size, lr=spec.lr,
+                       background_fraction=config.background_fraction,
+                       mi_stopping=config.mi_stopping, seed=config.seed,
+                       max_seconds=config.max_train_seconds,
+                       compile=use_compile(config.compile, len(samples) * samples.n_profile * spec.epochs))
+    hist = train(model, problem.acquisition, samples, problem.contrasts, tcfg, device,
+                 problem.mi_coords, progress, on_epoch_end)
+    return model, hist, tcfg, plan
+
+
+def _to_volumes(pred: np.ndarray, stacks: Sequence[Stack], problem: _Problem, noise: list[float],
+                config: SRConfig) -> tuple[dict, dict, dict]:
+    """Each contrast in the intensity scale of its first stack, scored on the held-out slices
+    (back-projection without them), then made to reproduce all of the contrast's stacks
+    (in the same scale) down to their noise floor."""
+    fitted = problem.acquisition.fitted()
+    as_fitted = [f.apply(s) for f, s in zip(fitted, stacks)]
+    volumes, validation, network_volumes = {}, {}, {}
+    for i, c in enumerate(problem.contrasts):
+        own = [k for k, s in enumerate(stacks) if s.contrast == c]
+        first = problem.scalers[own[0]]
+        span = first.high - first.low
+        scaled = [in_scale_of(as_fitted[k], problem.scalers[k], first) for k in own]
+        sigmas = [noise[k] * span / (problem.scalers[k].high - problem.scalers[k].low) for k in own]
+        own_masks = [problem.masks[k] for k in own]
+        network = first.inverse(pred[i])
+        if config.keep_network_output:
+            network_volumes[c] = network
+        errors, curve = validate(network, problem.grid, scaled, [problem.heldout[k] for k in own],
+                                 own_masks, config.slice_profile, config.consistency_iterations,
+                                 config.profile_samples, sigmas)
+        validation[c] = heldout_summary(errors, span, config.consistency_iterations, curve)
+        validation[c]["stacks"] = [heldout_summary([e], span) for e in errors]  # in stack order
+        volumes[c] = enforce_consistency(network, problem.grid, scaled, config.slice_profile,
+                                         config.consistency_iterations, config.profile_samples,
+                                         noise=sigmas, masks=own_masks)
+        log.info("%s: held-out slices %s", c, describe_gain(validation[c]))
+    return volumes, validation, network_volumes
+
+
+def _settings(config: SRConfig, problem: _Problem, tcfg: TrainConfig, stacks: Sequence[Stack],
+              reference: int) -> dict:
+    return {"model": problem.spec.to_dict(), "slice_profile": config.slice_profile,
+            "profile_samples": config.profile_samples, "seed": config.seed,
+            "background_fraction": config.background_fraction, "compiled": tcfg.compile,
+            "max_train_seconds": config.max_train_seconds,
+            "consistency_iterations": config.consistency_iterations,
+            "learn_profile": config.learn_profile,
+            "refine_registration": config.refine_registration,
+            "holdout_fraction": config.holdout_fraction, "reference_stack": stacks[reference].name,
+            "mi_stopping": {"enabled": config.mi_stopping, "window": tcfg.mi_window,
+                            "tolerance_nats": tcfg.mi_tolerance, "min_epochs": tcfg.min_epochs},
+            "output_spacing_mm": float(problem.grid.spacing[0]),
+            "intensity_scalers": {s.name: asdict(sc) for s, sc in zip(stacks, problem.scalers)}}
+
+
 def super_resolve(stacks: Sequence[Stack], config: SRConfig = SRConfig(), grid: Grid | None = None,
-                  progress: Callable[[dict], None] | None = None,
+                  reference: int | None = None, progress: Callable[[dict], None] | None = None,
                   on_epoch_end: Callable[[int, torch.nn.Module], None] | None = None) -> SRResult:
     """Fit one multi-contrast INR to a subject's stacks and sample it on an isotropic grid.
 
@@ -142,9 +200,14 @@ def super_resolve(stacks: Sequence[Stack], config: SRConfig = SRConfig(), grid: 
         Model and training settings.
     grid
         Output grid; default: isotropic at ``config.output_spacing`` (else the finest
-        in-plane spacing) covering all stacks.
+        in-plane spacing) covering all stacks, oriented as the reference stack.
+    reference
+        Index of the reference stack (its pose stays fixed); default
+        :func:`~bids_mcsr.image.geometry.pick_reference`.
     progress
         Called after every epoch with a dict of epoch, loss, MI, seconds and points/s.
+    on_epoch_end
+        Called after every epoch with the epoch and the network.
     """
     if not stacks:
         raise ValueError("super_resolve needs at least one stack")
@@ -155,103 +218,30 @@ def super_resolve(stacks: Sequence[Stack], config: SRConfig = SRConfig(), grid: 
         torch.set_num_threads(int(config.threads))
     device = select_device(config.device)
     check_overlap(stacks)
-    contrasts = contrasts_of(stacks)
-    grid = grid or make_output_grid(stacks, config.output_spacing)
-    frame = CoordinateFrame.from_stacks(stacks)
-    spec = model_spec(config.model, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr)
-    if config.finest_mm is not None:
-        if spec.encoding != "hashgrid":
-            raise ValueError(f"finest_mm applies to hash-grid models, not {config.model!r}")
-        spec.encoding_args = {**spec.encoding_args, "finest_mm": float(config.finest_mm)}
-
-    masks, scalers = stack_masks_and_scalers(stacks)
-    held_rng = np.random.default_rng([config.seed, 1])
-    heldout = [choose_heldout(s, held_rng, config.holdout_fraction) for s in stacks]
-    samples = build_samples(stacks, contrasts, frame, scalers, masks, config.slice_profile,
-                            config.profile_samples, heldout)
-    acquisition = StackAcquisition(stacks, frame, samples.profiled,
-                                   learn_profile=config.learn_profile and samples.n_profile > 1,
-                                   refine_pose=config.refine_registration and len(stacks) > 1,
-                                   reference=pick_reference(stacks))
-    per_contrast_mask = grid_masks(stacks, masks, grid, contrasts)
-    mask = np.logical_or.reduce(list(per_contrast_mask.values()))
-    shared = np.logical_and.reduce(list(per_contrast_mask.values()))
-    mi_region = shared if shared.any() else mask
-    rng = np.random.default_rng(config.seed)
-    flat = np.flatnonzero(mi_region.ravel())
-    chosen = np.sort(rng.choice(flat, min(config.mi_points, flat.size), replace=False))
-    mi_coords = frame.normalise(voxel_centres_at(grid.shape, grid.affine, chosen)) if chosen.size else None
-
-    model = build_model(spec, len(contrasts), extent_mm=2 * frame.half_extent_mm, seed=config.seed)
-    log.info("training %s model on %d samples of %s (%s), output grid %s at %.2f mm",
-             spec.name, len(samples), "/".join(contrasts), describe(device), grid.shape,
-             float(grid.spacing[0]))
-    plan = plan_memory(Estimate(len(samples), grid.n_voxels, len(contrasts)), spec,
-                       samples.n_profile, config.mem_gb)
-    batch_size = plan.batch_size
-    if batch_size < spec.batch_size:
-        log.info("--mem-gb %g: training batches of %d samples instead of %d", config.mem_gb,
-                 batch_size, spec.batch_size)
-    tcfg = TrainConfig(epochs=spec.epochs, batch_size=batch_size, lr=spec.lr,
-                       background_fraction=config.background_fraction,
-                       mi_stopping=config.mi_stopping, seed=config.seed,
-                       max_seconds=config.max_train_seconds,
-                       compile=use_compile(config.compile, len(samples) * samples.n_profile * spec.epochs))
+    if reference is None:
+        reference = pick_reference([s.voxel_sizes for s in stacks])
+    grid = grid or make_output_grid(stacks, config.output_spacing, reference)
+    problem = _problem(stacks, config, grid, reference)
     t_train = time.perf_counter()
-    hist = train(model, acquisition, samples, contrasts, tcfg, device, mi_coords, progress,
-                 on_epoch_end)
-    del samples  # not needed past training: frees memory for inference and back-projection
-    fitted = acquisition.fitted()
-    as_fitted = [f.apply(s) for f, s in zip(fitted, stacks)]
+    model, hist, tcfg, plan = _train(problem, config, device, progress, on_epoch_end)
+    del problem.samples  # not needed past training: frees memory for inference and back-projection
     t_infer = time.perf_counter()
-    pred = predict_grid(model, frame, grid, device, plan.chunk)
+    pred = predict_grid(model, problem.frame, grid, device, plan.chunk)
     t_consistency = time.perf_counter()
-    # map each contrast back to the intensity scale of its first stack; score it on the
-    # held-out slices (back-projection without them), then make it reproduce all of the
-    # contrast's stacks (in the same scale) down to their noise floor
     noise = [estimate_noise(s) for s in stacks]
-    volumes, validation, network_volumes = {}, {}, {}
-    for i, c in enumerate(contrasts):
-        own = [k for k, s in enumerate(stacks) if s.contrast == c]
-        first = scalers[own[0]]
-        span = first.high - first.low
-        scaled = [in_scale_of(as_fitted[k], scalers[k], first) for k in own]
-        sigmas = [noise[k] * span / (scalers[k].high - scalers[k].low) for k in own]
-        own_masks = [masks[k] for k in own]
-        network = first.inverse(pred[i])
-        if config.keep_network_output:
-            network_volumes[c] = network
-        errors, curve = validate(network, grid, scaled, [heldout[k] for k in own], own_masks,
-                                 config.slice_profile, config.consistency_iterations,
-                                 config.profile_samples, sigmas)
-        validation[c] = heldout_summary(errors, span, config.consistency_iterations, curve)
-        validation[c]["stacks"] = [heldout_summary([e], span) for e in errors]  # in stack order
-        volumes[c] = enforce_consistency(network, grid, scaled, config.slice_profile,
-                                         config.consistency_iterations, config.profile_samples,
-                                         noise=sigmas, masks=own_masks)
-        log.info("%s: held-out slices %s", c, describe_gain(validation[c]))
+    volumes, validation, network_volumes = _to_volumes(pred, stacks, problem, noise, config)
     t_end = time.perf_counter()
     timings = {"setup_s": t_train - t0, "training_s": t_infer - t_train,
                "inference_s": t_consistency - t_infer, "consistency_s": t_end - t_consistency}
-    settings = {"model": spec.to_dict(), "slice_profile": config.slice_profile,
-                "profile_samples": config.profile_samples, "seed": config.seed,
-                "background_fraction": config.background_fraction, "compiled": tcfg.compile,
-                "max_train_seconds": config.max_train_seconds,
-                "consistency_iterations": config.consistency_iterations,
-                "learn_profile": config.learn_profile,
-                "refine_registration": config.refine_registration,
-                "holdout_fraction": config.holdout_fraction,
-                "mi_stopping": {"enabled": config.mi_stopping, "window": tcfg.mi_window,
-                                "tolerance_nats": tcfg.mi_tolerance, "min_epochs": tcfg.min_epochs},
-                "output_spacing_mm": float(grid.spacing[0]),
-                "intensity_scalers": {s.name: asdict(sc) for s, sc in zip(stacks, scalers)}}
-    acquisition_report = [describe_acquisition(s, f, h, scalers[k], noise[k])
-                          for k, (s, f, h) in enumerate(zip(stacks, fitted, heldout))]
+    fitted = problem.acquisition.fitted()
+    acquisition_report = [describe_acquisition(s, f, h, problem.scalers[k], noise[k])
+                          for k, (s, f, h) in enumerate(zip(stacks, fitted, problem.heldout))]
     mi_values = [m for m in hist.mi if m is not None]
-    return SRResult(contrasts=contrasts, volumes=volumes, grid=grid, mask=mask.astype(np.uint8),
-                    history=hist.to_dict(), stopped_epoch=hist.stopped_epoch,
-                    epochs_run=len(hist.epoch), final_mi=mi_values[-1] if mi_values else None,
-                    runtime_s=t_end - t0, device=describe(device), settings=settings,
+    return SRResult(contrasts=problem.contrasts, volumes=volumes, grid=grid,
+                    mask=problem.mask.astype(np.uint8), history=hist.to_dict(),
+                    stopped_epoch=hist.stopped_epoch, epochs_run=len(hist.epoch),
+                    final_mi=mi_values[-1] if mi_values else None, runtime_s=t_end - t0,
+                    device=describe(device), settings=_settings(config, problem, tcfg, stacks, reference),
                     timings=timings, acquisition=acquisition_report, validation=validation,
                     network_volumes=network_volumes)
 

@@ -14,6 +14,7 @@ import torch
 from bids_mcsr.inr.inference import predict_points
 from bids_mcsr.inr.stopping import mean_pairwise_mi, mi_plateaued
 from bids_mcsr.inr.acquisition_fit import StackAcquisition
+from bids_mcsr.inr.presets import DEFAULT_MODEL, MI_MIN_EPOCHS, MI_TOLERANCE_NATS, MI_WINDOW, PRESETS
 from bids_mcsr.inr.sampling import TrainingSamples
 
 log = logging.getLogger("bids_mcsr")
@@ -36,14 +37,14 @@ class TrainConfig:
     at their initial values. The held-out error is tracked every epoch.
     """
 
-    epochs: int = 16
-    batch_size: int = 8192
-    lr: float = 5e-3
+    epochs: int = PRESETS[DEFAULT_MODEL].epochs
+    batch_size: int = PRESETS[DEFAULT_MODEL].batch_size
+    lr: float = PRESETS[DEFAULT_MODEL].lr
     background_fraction: float = 0.2
     mi_stopping: bool = True
-    mi_window: int = 4
-    mi_tolerance: float = 2e-3
-    min_epochs: int = 6
+    mi_window: int = MI_WINDOW
+    mi_tolerance: float = MI_TOLERANCE_NATS
+    min_epochs: int = MI_MIN_EPOCHS
     min_steps_per_epoch: int = 200
     compile: bool = False
     seed: int = 0
