@@ -175,4 +175,6 @@ def rows() -> list[Acquisition]:
                      StackSpec("FLAIR", AX, "rect")], 2.0),
         Acquisition("all: rect, header missing, 3% noise, 2 mm + 2 deg",
                     pair("rect", "missing", misplace=(2.0, 2.0)), 3.0),
+        Acquisition("rect 6 every 4 (overlapping slabs), header 6",
+                    [StackSpec("T1w", AX, "rect", 6.0, 4.0), StackSpec("T2w", COR, "rect", 6.0, 4.0)]),
     ]

@@ -1,9 +1,11 @@
 """Per-stack acquisition parameters: bounds, the pose's world transform, and gradients."""
 
 import numpy as np
+import pytest
 import torch
 
-from bids_mcsr.inr.acquisition_fit import FWHM_MAX_OF_SPACING, StackAcquisition, profile_bounds
+from bids_mcsr.acquisition.slice_profile import SLAB_MAX_OF_SPACING, slab_fwhm
+from bids_mcsr.inr.acquisition_fit import StackAcquisition, profile_bounds
 from bids_mcsr.image.geometry import CoordinateFrame
 from bids_mcsr.image.io import Stack
 
@@ -19,7 +21,7 @@ def stacks():
 def test_widths_start_at_the_header_within_physical_bounds():
     s = stacks()
     lo, hi = profile_bounds(s[0])
-    assert lo == 0.5 and hi == FWHM_MAX_OF_SPACING * 4.0
+    assert lo == 0.5 and hi == SLAB_MAX_OF_SPACING * 4.0
     acq = StackAcquisition(s, CoordinateFrame.from_stacks(s), [True, True], True, True, 0)
     assert np.allclose(acq.fwhm_mm().detach().numpy(), [3.0, 4.0], atol=1e-3)
     fixed = StackAcquisition(s, CoordinateFrame.from_stacks(s), [True, False], True, True, 0)
@@ -77,3 +79,16 @@ def test_gradients_reach_width_and_pose_only_when_they_learn():
         else:
             assert width is None and all(torch.count_nonzero(g) > 0 for g in pose)
             assert torch.all(acq.rotation.grad[0] == 0)  # the reference does not move
+
+
+def test_a_header_thicker_than_the_spacing_is_modelled_at_the_spacing():
+    ax, cor = stacks()
+    assert slab_fwhm(ax) == 3.0  # header below the spacing: a gap, kept
+    assert slab_fwhm(cor) == 4.0  # no header: the spacing
+    wide = ax.with_affine(ax.affine)
+    wide.slice_thickness = 8.0  # header x2
+    assert slab_fwhm(wide) == SLAB_MAX_OF_SPACING * 4.0
+    acq = StackAcquisition([wide, cor], CoordinateFrame.from_stacks([wide, cor]), [True, True],
+                           False, False, 0)
+    assert np.allclose(acq.fwhm_mm().numpy(), [4.0, 4.0], atol=1e-4)
+    assert acq.fitted()[0].fwhm_mm == pytest.approx(4.0, abs=1e-4)

@@ -4,8 +4,8 @@ Each thick-slice stack has an unknown through-plane slice profile and a small re
 misalignment left by registration. Both are parameters of the forward model:
 
 * the profile's full width at half maximum (FWHM, mm), initialised from the header
-  (``SliceThickness``, else the slice spacing), learned in log scale and clipped to
-  ``[FWHM_MIN_OF_INPLANE x finest in-plane voxel, FWHM_MAX_OF_SPACING x max(spacing, header)]``,
+  (:func:`~bids_mcsr.acquisition.slice_profile.slab_fwhm`), learned in log scale and clipped to
+  ``[FWHM_MIN_OF_INPLANE x finest in-plane voxel, SLAB_MAX_OF_SPACING x spacing]``,
   so it can neither collapse nor run away (on the robustness benchmark a width allowed above
   the spacing ran to its bound on some stacks and cost up to 8 dB);
 * a rigid correction (rotation vector and translation) applied to every sample point of the
@@ -27,10 +27,10 @@ import torch
 from torch import nn
 
 from bids_mcsr.image.geometry import CoordinateFrame, stack_corners
+from bids_mcsr.acquisition.slice_profile import SLAB_MAX_OF_SPACING, slab_fwhm
 from bids_mcsr.image.io import Stack
 
 FWHM_MIN_OF_INPLANE = 0.5
-FWHM_MAX_OF_SPACING = 1.0
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def profile_bounds(stack: Stack) -> tuple[float, float]:
     sizes = stack.voxel_sizes
     spacing = float(sizes[stack.through_plane_axis])
     inplane = float(np.delete(sizes, stack.through_plane_axis).min())
-    return FWHM_MIN_OF_INPLANE * inplane, FWHM_MAX_OF_SPACING * max(spacing, stack.thickness)
+    return FWHM_MIN_OF_INPLANE * inplane, SLAB_MAX_OF_SPACING * spacing
 
 
 def _skew(v: torch.Tensor) -> torch.Tensor:
@@ -102,7 +102,7 @@ class StackAcquisition(nn.Module):
                  learn_profile: bool, refine_pose: bool, reference: int) -> None:
         super().__init__()
         bounds = np.array([profile_bounds(s) for s in stacks], np.float32)
-        init = np.array([np.clip(s.thickness, *b) for s, b in zip(stacks, bounds)], np.float32)
+        init = np.array([np.clip(slab_fwhm(s), *b) for s, b in zip(stacks, bounds)], np.float32)
         self.register_buffer("lo", torch.from_numpy(bounds[:, 0]))
         self.register_buffer("hi", torch.from_numpy(bounds[:, 1]))
         self.register_buffer("profiled", torch.tensor(list(profiled), dtype=torch.float32))

@@ -12,7 +12,7 @@ import torch
 
 from bids_mcsr.acquisition.backprojection import enforce_consistency
 from bids_mcsr.acquisition.holdout import choose_heldout, pooled_psnr, validate
-from bids_mcsr.acquisition.slice_profile import PROFILES
+from bids_mcsr.acquisition.slice_profile import PROFILES, slab_fwhm
 from bids_mcsr.image.geometry import (CoordinateFrame, Grid, check_overlap, make_output_grid,
                                       pick_reference, voxel_centres_at)
 from bids_mcsr.image.intensity import IntensityScaler
@@ -97,7 +97,15 @@ def _mi_points(region: np.ndarray, grid: Grid, frame: CoordinateFrame, config: S
     return frame.normalise(voxel_centres_at(grid.shape, grid.affine, chosen)) if chosen.size else None
 
 
+def _note_capped_headers(stacks: Sequence[Stack]) -> None:
+    for s in stacks:
+        if not s.is_isotropic and slab_fwhm(s) < s.thickness:
+            log.warning("%s: SliceThickness %.2f mm is more than the slice spacing; the slab is "
+                        "modelled %.2f mm wide (check the sidecar)", s.name, s.thickness, slab_fwhm(s))
+
+
 def _problem(stacks: Sequence[Stack], config: SRConfig, grid: Grid, reference: int) -> _Problem:
+    _note_capped_headers(stacks)
     contrasts = contrasts_of(stacks)
     frame = CoordinateFrame.from_stacks(stacks)
     masks, scalers = stack_masks_and_scalers(stacks)
