@@ -97,7 +97,8 @@ class SuperResolution(InferTask):
             return True
         try:
             self._settings.work_dir.mkdir(parents=True, exist_ok=True)
-            run_participant(self._settings.participant_command(image), image.unit)
+            run_participant(self._settings.participant_command(image), image.unit,
+                            self._settings.work_dir)
         except BidsAppError as err:
             raise HTTPException(status_code=422, detail=str(err)) from None
         cache.remember(key)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import subprocess
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 # the BIDS-App logs a failed subject as "HH:MM:SS ERROR sub-XX: <step>: <message>"
@@ -38,8 +39,12 @@ def failure_line(output: list[str], unit: str) -> str:
     return next((line for line in reversed(output) if line.strip()), "bids-mcsr failed")
 
 
-def run_participant(command: list[str], unit: str) -> None:
+def run_participant(command: list[str], unit: str, cwd: Path) -> None:
     """Run a bids-mcsr participant-level command, logging each line of its output.
+
+    It runs in ``cwd``, not in the server's folder: MONAI Label puts an empty entry (the
+    current folder) on ``PYTHONPATH``, which would let a source tree there shadow the
+    installed bids_mcsr.
 
     Parameters
     ----------
@@ -47,6 +52,8 @@ def run_participant(command: list[str], unit: str) -> None:
         The command (see :meth:`lib.settings.Settings.participant_command`).
     unit : str
         ``sub-<label>[_ses-<label>]``, the subject/session it runs.
+    cwd : Path
+        The folder it runs in (the work directory).
 
     Raises
     ------
@@ -56,7 +63,7 @@ def run_participant(command: list[str], unit: str) -> None:
     log.info("running: %s", " ".join(command))
     output = []
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, bufsize=1) as process:
+                          text=True, bufsize=1, cwd=cwd) as process:
         for line in process.stdout:
             output.append(line.rstrip("\n"))
             log.info("bids-mcsr: %s", output[-1])
