@@ -12,7 +12,7 @@ from scipy import ndimage
 from bids_mcsr.image.geometry import Grid
 from bids_mcsr.image.io import Stack
 from bids_mcsr.acquisition.simulate import simulate_stack
-from bids_mcsr.inr.superres import SRResult
+from bids_mcsr.inr.result import SRResult
 
 SPACING = 2.0
 SHAPE = (40, 44, 36)
@@ -100,15 +100,6 @@ def fake_result(volumes: dict[str, np.ndarray], affine: np.ndarray,
                               "mi_stopping": {"enabled": True, "window": 4,
                                               "tolerance_nats": 2e-3, "min_epochs": 6}},
                     acquisition=fit["acquisition"], validation=fit["validation"])
-
-
-def result_json(result: SRResult) -> dict:
-    """The ``result.json`` content of an SRResult (what the QC record is built from)."""
-    return {"contrasts": result.contrasts, "history": result.history,
-            "stopped_epoch": result.stopped_epoch, "epochs_run": result.epochs_run,
-            "final_mi": result.final_mi, "runtime_s": result.runtime_s,
-            "device": result.device, "settings": result.settings,
-            "acquisition": result.acquisition, "validation": result.validation}
 
 
 def browser_dom(html: Path, tmp: Path) -> str:

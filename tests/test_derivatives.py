@@ -9,20 +9,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bids_mcsr.dataset.discovery import Run, SubjectSession
-from bids_mcsr.dataset.derivatives import (
-    BIDSIGNORE,
-    atomic_path,
-    atomic_write,
-    dataset_description,
-    init_output_dataset,
-    publish,
-    recover_publish,
-    res_label,
-    stage_unit,
-    staging_dir,
-    write_failure,
-)
+from bids_mcsr.dataset.derivatives import stage_unit, write_failure
+from bids_mcsr.dataset.description import BIDSIGNORE, dataset_description, init_output_dataset
+from bids_mcsr.dataset.files import atomic_path, atomic_write
+from bids_mcsr.dataset.naming import res_label
+from bids_mcsr.dataset.publish import publish, recover_publish, staging_dir
+from bids_mcsr.dataset.units import Run, SubjectSession
 from bids_mcsr.qc.records import curves_tsv
 from bids_mcsr.dataset.validator import find_validator, validate
 
@@ -158,7 +150,7 @@ def test_a_sigterm_during_the_swap_waits_until_the_unit_is_whole(tmp_path, raw, 
         if len(calls) == 1:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr("bids_mcsr.dataset.derivatives.os.replace", replace_then_signal)
+    monkeypatch.setattr("bids_mcsr.dataset.publish.os.replace", replace_then_signal)
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     try:
         with pytest.raises(_Stop):
@@ -216,8 +208,6 @@ def test_output_passes_the_bids_validator(tmp_path, raw, unit):
 
 
 def test_written_files_get_the_umask_mode_not_owner_only(tmp_path):
-    from bids_mcsr.dataset.derivatives import atomic_write
-
     old = os.umask(0o022)
     try:
         target = tmp_path / "sub-01_desc-qc.json"

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 from bids.layout import parse_file_entities
 
-from bids_mcsr.dataset.discovery import (SubjectSession, acquisition_plane, bids_name, contrast_key,
-                            discover, load_filters, open_layout, split_contrast)
-from bids_mcsr.dataset.derivatives import sr_name
+from bids_mcsr.dataset.discovery import acquisition_plane, discover, open_layout
+from bids_mcsr.dataset.entities import bids_name, contrast_key, split_contrast
+from bids_mcsr.dataset.filters import load_filters
+from bids_mcsr.dataset.naming import sr_name
+from bids_mcsr.dataset.units import SubjectSession
 from bids_mcsr.errors import InputError
 from bids_mcsr.steps import select_reference
 from tiny_bids import STACKS, tiny_dataset, write_stack

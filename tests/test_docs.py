@@ -38,7 +38,7 @@ def test_every_cli_option_is_documented():
 @pytest.mark.parametrize("pattern", [
     "_res-<label>_desc-sr_<suffix>.nii.gz", "_desc-sr_<suffix>.json",
     "_from-<src>_to-<ref>_mode-image_xfm.txt", "_desc-foreground_mask.nii.gz",
-    "_desc-training_curves.tsv", "_desc-qc.json", "_desc-metrics.json", "sub-<l>[_ses-<l>].html", "figures/",
+    "_desc-training_curves.tsv", "_desc-qc.json", "sub-<l>[_ses-<l>].html", "figures/",
     "group_desc-qc.tsv", "group.html", "logs/CITATION.md", "dataset_description.json",
 ])
 def test_outputs_page_explains(pattern):

@@ -10,12 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bids_mcsr.dataset.derivatives import dataset_description, write_json
-from bids_mcsr.reports.group import METRICS, robust_outliers, run_group, unit_rows
+from bids_mcsr.dataset.description import dataset_description
+from bids_mcsr.dataset.files import write_json
+from bids_mcsr.dataset.naming import qc_path
+from bids_mcsr.qc.measures import result_dict
 from bids_mcsr.qc.records import qc_record
-from bids_mcsr.reports.subject import metrics_path, write_subject_report
-from report_synth import (CHROMIUM, browser_dom, fake_fit, fake_result, phantom, result_json,
-                          stacks_of)
+from bids_mcsr.reports.group import METRICS, robust_outliers, run_group, unit_rows
+from bids_mcsr.reports.subject import write_subject_report
+from report_synth import CHROMIUM, browser_dom, fake_fit, fake_result, phantom, stacks_of
 from tiny_bids import fast_args, tiny_dataset, write_stack
 from bids_mcsr.cli.run import main
 
@@ -41,6 +43,15 @@ EXPECTED_FLAGS = {("sub-05", "T1w"), ("sub-05", "T2w"), ("sub-06", "T1w"), ("sub
                   ("sub-12", "T1w"), ("sub-12", "T2w")}
 
 
+def report_record(template, qc):
+    """A finished unit's QC record: the report measures of ``template`` (a real report's
+    record) with the fit numbers of ``qc`` (a record the derivatives step wrote)."""
+    record = {**json.loads(json.dumps(template)), "subject": qc["subject"]}
+    for contrast, per in record["per_contrast"].items():
+        per.update(qc["per_contrast"][contrast])
+    return record
+
+
 def flagged_rows(output_dir):
     text = (output_dir / "group.html").read_text()
     flagged = text.split("<h2>Flagged</h2>")[1].split("</section>")[0]
@@ -64,7 +75,7 @@ def output_dir(tmp_path_factory):
     volumes, affine = phantom()
     stacks = stacks_of(volumes, affine)
     write_subject_report(out, "01", None, stacks, 0, fake_result(volumes, affine), {})
-    template = json.loads(metrics_path(out, "01", None).read_text())
+    template = json.loads(qc_path(out, "01", None).read_text())
     spread = {"01": 0.0, "02": -1.0, "03": 1.0, "04": -0.5, "05": 0.5,
               "09": 0.2, "10": -0.2, "11": 0.8, "12": -0.8}
     for label, offset in spread.items():
@@ -73,20 +84,17 @@ def output_dir(tmp_path_factory):
                                      "noise_percent": 1.2 + 0.2 * offset,
                                      "sr_psnr": 32.0 + offset},
                                   **(BROKEN[label][1] if label in BROKEN else {})})
-        result = result_json(fake_result(volumes, affine, fit=fit))
+        result = result_dict(fake_result(volumes, affine, fit=fit))
         qc = qc_record(label, None, ["T1w", "T2w"], result, stack_names=[s.name for s in stacks])
-        record = json.loads(json.dumps(template))
-        record["subject"] = label
-        for contrast, per in record["per_contrast"].items():
-            per.update(qc["per_contrast"][contrast])
+        record = report_record(template, qc)
+        for per in record["per_contrast"].values():
             per["sharpness_ratio"] = 0.95 + 0.02 * offset
         if label == "05":
             record["mi_between_sr"] = {"T1w-T2w": 0.1 * template["mi_between_sr"]["T1w-T2w"]}
         else:
             record["mi_between_sr"] = {"T1w-T2w": template["mi_between_sr"]["T1w-T2w"]
                                        * (1 + 0.02 * offset)}
-        write_json(metrics_path(out, label, None), record)
-        write_json(out / QC.format(s=label), qc)
+        write_json(out / QC.format(s=label), record)
     write_json(out / QC.format(s="06"),
                qc_record("06", None, ["T1w", "T2w"], error="register: no overlap"))
     write_json(out / QC.format(s="07"), qc_record("07", None, ["T1w"], {"final_mi": None}))
@@ -159,7 +167,7 @@ def test_a_group_of_healthy_subjects_has_nothing_flagged(tmp_path):
     volumes, affine = phantom()
     stacks = stacks_of(volumes, affine)
     write_subject_report(tmp_path, "01", None, stacks, 0, fake_result(volumes, affine), {})
-    template = json.loads(metrics_path(tmp_path, "01", None).read_text())
+    template = json.loads(qc_path(tmp_path, "01", None).read_text())
     rng = np.random.default_rng(3)
     for k in range(12):
         label = f"{k + 1:02d}"
@@ -170,10 +178,8 @@ def test_a_group_of_healthy_subjects_has_nothing_flagged(tmp_path):
         if k == 11:  # far better than the rest: never a flag
             fit = fake_fit(stacks, gain_db=9.0, shift_mm=0.0, noise_percent=0.1, sr_psnr=45.0)
         qc = qc_record(label, None, ["T1w", "T2w"],
-                       result_json(fake_result(volumes, affine, fit=fit)))
-        record = {**json.loads(json.dumps(template)), "subject": label}
-        write_json(metrics_path(tmp_path, label, None), record)
-        write_json(tmp_path / QC.format(s=label), qc)
+                       result_dict(fake_result(volumes, affine, fit=fit)))
+        write_json(tmp_path / QC.format(s=label), report_record(template, qc))
     assert run_group(tmp_path) == 0
     _, rows = flagged_rows(tmp_path)
     assert rows == []
@@ -217,7 +223,7 @@ def test_mi_of_contrast_keys_with_hyphens_is_matched_by_whole_pairs():
     metrics = {"contrasts": contrasts, "per_contrast": {c: per for c in contrasts},
                "mi_between_sr": {"T1w-ce-gadolinium_T1w": 1.0, "T1w-T2w": 0.5,
                                  "ce-gadolinium_T1w-T2w": 0.2}}
-    rows = unit_rows("01", None, {"qc": {"status": "ok"}, "metrics": metrics})
+    rows = unit_rows("01", None, {**metrics, "status": "ok", "report": "sub-01.html"})
     assert {r["contrast"]: r["mi_sr"] for r in rows} == pytest.approx(
         {"T1w": 0.75, "ce-gadolinium_T1w": 0.6, "T2w": 0.35})
 

@@ -12,12 +12,13 @@ from scipy import ndimage
 
 from bids_mcsr.image.geometry import Grid
 from bids_mcsr.image.metrics import resample_to_grid
-from bids_mcsr.qc.records import curves_tsv, mi_rule_epoch, misaligned, qc_record, verdict
-from bids_mcsr.reports.subject import metrics_path, write_subject_report, write_subject_report_from_files
+from bids_mcsr.dataset.naming import qc_path
+from bids_mcsr.qc.flags import misaligned, verdict
 from bids_mcsr.qc.measures import (alignment_check, data_consistency, mi_convergence,
-                                     sharpness, subject_metrics)
-from report_synth import (CHROMIUM, SHAPE, browser_dom, fake_fit, fake_result, phantom,
-                          result_json, stacks_of)
+                                   result_dict, sharpness, subject_metrics)
+from bids_mcsr.qc.records import curves_tsv, mi_rule_epoch, qc_record
+from bids_mcsr.reports.subject import write_subject_report, write_subject_report_from_files
+from report_synth import CHROMIUM, SHAPE, browser_dom, fake_fit, fake_result, phantom, stacks_of
 
 BROKEN = {"gain_db": {"T2w": -1.0}, "shift_mm": {"T2w": 10.0}, "noise_percent": {"T2w": 19.4},
           "header_mm": 2.0}
@@ -122,9 +123,9 @@ def test_write_subject_report(tmp_path, subject):
     assert text.index("Data consistency after back-projection (not a quality measure)") > \
         text.index("<h2>Training</h2>")
     assert str(tmp_path) not in text
-    record = json.loads(metrics_path(tmp_path, "01", "2").read_text())
+    record = json.loads(qc_path(tmp_path, "01", "2").read_text())
     assert record["session"] == "2" and record["status"] == "ok"
-    assert record["step_times_s"] == {"register": 3.0, "superresolve": 12.5}
+    assert record["provenance"]["step_times_s"] == {"register": 3.0, "superresolve": 12.5}
     assert record["per_contrast"]["T2w"]["dc_psnr_db"] > 35
     assert record["per_contrast"]["T2w"]["verdict"] == "better"
     assert record["per_contrast"]["T2w"]["flags"] == []
@@ -132,7 +133,8 @@ def test_write_subject_report(tmp_path, subject):
                                                       "sub-01_acq-<b>&_T2w.nii.gz"]
     assert record["stacks"][1]["heldout_gain_db"] == pytest.approx(1.5)
     assert record["mi_rule_epoch"] == 8 and record["best_epoch"] == 7
-    assert record["peak_memory_gb"] > 0 and record["version"]
+    assert record["provenance"]["peak_memory_gb"] > 0 and record["provenance"]["version"]
+    assert record["report"] == "sub-01_ses-2.html" and record["final_mi"] == pytest.approx(0.911)
     assert not list(tmp_path.rglob(".tmp-*"))
 
 
@@ -163,7 +165,7 @@ def test_report_from_the_files_of_a_real_tiny_fit(tmp_path, subject):
     html = write_subject_report_from_files(str(out), "01", None, files, ["T1w", "T2w"],
                                            [None, None], 0, sr, {"superresolve": 1.0},
                                            source_files=[s.path for s in stacks])
-    record = json.loads(metrics_path(out, "01", None).read_text())
+    record = json.loads(qc_path(out, "01", None).read_text())
     assert html == str(out / "sub-01.html")
     assert record["epochs_run"] == 2 and record["mi_converged"] is False
     assert [i["file"] for i in record["inputs"]] == ["sub-01_T1w.nii.gz", "sub-01_T2w.nii.gz"]
@@ -205,7 +207,7 @@ def test_report_of_a_broken_run_flags_each_problem(tmp_path, subject):
                                                     "slice profile of sub-01_T2w.nii.gz"]
     assert len(flags) == 6
     assert "T1w: SR better than interpolation by 1.50 dB" in lead(text)
-    record = json.loads(metrics_path(tmp_path, "01", None).read_text())
+    record = json.loads(qc_path(tmp_path, "01", None).read_text())
     assert [f.split(":")[0] for f in record["per_contrast"]["T2w"]["flags"]] == [
         "SR worse than interpolation on held-out slices", "registration looks wrong",
         "registration looks wrong", "noisy stack", "slice profile"]
@@ -249,7 +251,7 @@ def test_mi_rule_epoch_replays_the_plateau_rule():
 
 def test_qc_record_carries_the_quality_numbers(subject):
     volumes, affine, stacks = subject
-    result = result_json(fake_result(volumes, affine, fit=fake_fit(stacks, **BROKEN)))
+    result = result_dict(fake_result(volumes, affine, fit=fake_fit(stacks, **BROKEN)))
     for entry in result["acquisition"]:  # the workflow's registered copies share one name
         entry["name"] = "registered.nii.gz"
     record = qc_record("01", None, ["T1w", "T2w"], result,

@@ -12,10 +12,11 @@ import os
 from pathlib import Path
 
 from bids_mcsr.about import NAME, get_version
-from bids_mcsr.dataset.discovery import CONTRAST_HELP, bids_name, load_filters, split_contrast
+from bids_mcsr.dataset.entities import CONTRAST_HELP, bids_name, split_contrast
+from bids_mcsr.dataset.filters import load_filters
 from bids_mcsr.acquisition.backprojection import DEFAULT_CONSISTENCY_ITERATIONS
 from bids_mcsr.acquisition.holdout import HOLDOUT_FRACTION
-from bids_mcsr.dataset.derivatives import atomic_write
+from bids_mcsr.dataset.files import atomic_write
 from bids_mcsr.errors import InputError
 
 STAMP_FILE = "bids-mcsr-version.txt"

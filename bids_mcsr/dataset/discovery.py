@@ -3,214 +3,27 @@
 pybids indexes the dataset (``validate=False``; the real validator runs separately) into a
 database kept under the work directory, never inside the input or output datasets.
 
-A *contrast* is the suffix together with the entities that change image contrast
-(``CONTRAST_ENTITIES``: ``ce-``, and ``inv-``/``mt-`` where a file carries them), named by
-its BIDS key: ``T1w``, ``ce-gadolinium_T1w``. Each contrast is one network head and one
-output. Files that differ in any other entity (``acq-``, ``run-``, ``task-``, ...) are
-several stacks of one contrast, except that only one reconstruction (``rec-``) of an
-acquisition is used (see :func:`discover`) and only magnitude images (no ``part-`` or
-``part-mag``).
+Files are grouped by contrast key (:func:`bids_mcsr.dataset.entities.contrast_key`); files
+that differ in any other entity (``acq-``, ``run-``, ``task-``, ...) are several stacks of
+one contrast, except that only one reconstruction (``rec-``) of an acquisition is used (see
+:func:`discover`) and only magnitude images (no ``part-`` or ``part-mag``).
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from bids_mcsr.dataset.entities import (NIFTI_EXTENSIONS, SUPPORTED_CONTRASTS,
+                                        canonical_contrast, contrast_key, contrast_rank,
+                                        split_contrast)
+from bids_mcsr.dataset.filters import pybids_filters
+from bids_mcsr.dataset.units import Run, SubjectSession
 from bids_mcsr.errors import InputError
 
-SUPPORTED_CONTRASTS = ("T1w", "T2w", "FLAIR", "PDw", "T2starw")
-NIFTI_EXTENSIONS = [".nii", ".nii.gz"]
-# BIDS key -> pybids entity name of the entities that make a contrast of their own
-CONTRAST_ENTITIES = {"ce": "ceagent", "inv": "inv", "mt": "mt"}
-CONTRAST_HELP = ("a suffix among " + ", ".join(SUPPORTED_CONTRASTS) + ", optionally after "
-                 "ce-<label>, inv-<index> and mt-<on|off> (e.g. ce-gadolinium_T1w)")
-_SUFFIXES = {c.lower(): c for c in SUPPORTED_CONTRASTS}
-_LABEL = re.compile(r"[A-Za-z0-9]+")
 _PLANES = ("sagittal", "coronal", "axial")
-
-
-@functools.cache
-def _entity_order() -> dict[str, int]:
-    """BIDS key (``sub``, ``ce``, ``res``, ``desc``) -> its rank in the BIDS schema's order."""
-    from bidsschematools.schema import load_schema  # installed with pybids
-
-    schema = load_schema()
-    return {schema.objects.entities[name]["name"]: rank
-            for rank, name in enumerate(schema.rules.entities)}
-
-
-def bids_name(entities: Mapping[str, object], suffix: str, extension: str = "") -> str:
-    """A BIDS file name: ``<key>-<value>`` pairs in the schema's entity order, then the suffix.
-
-    Parameters
-    ----------
-    entities : mapping
-        BIDS key (``sub``, ``ses``, ``ce``, ``res``, ``desc``, ...) -> label; None is left out.
-    suffix : str
-        The suffix (``T1w``, ``mask``).
-    extension : str
-        Appended as given (``.nii.gz``); default none.
-
-    Returns
-    -------
-    str
-        E.g. ``sub-01_ce-gadolinium_res-1mm_desc-sr_T1w.nii.gz``.
-
-    Raises
-    ------
-    ValueError
-        For a key the BIDS schema does not define.
-    """
-    order = _entity_order()
-    unknown = sorted(set(entities) - set(order))
-    if unknown:
-        raise ValueError(f"not BIDS entities: {unknown}")
-    pairs = sorted((order[key], f"{key}-{value}") for key, value in entities.items()
-                   if value is not None)
-    return "_".join([pair for _, pair in pairs] + [suffix]) + extension
-
-
-def contrast_key(entities: Mapping[str, object]) -> str:
-    """The contrast of a file: its contrast entities and suffix as a BIDS key.
-
-    Parameters
-    ----------
-    entities : mapping
-        pybids entities of the file (``ceagent``, ``inv``, ``mt``, ``suffix``, ...).
-
-    Returns
-    -------
-    str
-        ``T1w``, ``ce-gadolinium_T1w``, ``inv-1_MP2RAGE``; inverse of :func:`split_contrast`.
-    """
-    return bids_name({key: entities.get(name) for key, name in CONTRAST_ENTITIES.items()},
-                     str(entities["suffix"]))
-
-
-def split_contrast(key: str) -> tuple[dict[str, str], str]:
-    """The contrast entities and suffix of a contrast key (the suffix read in any case).
-
-    Parameters
-    ----------
-    key : str
-        ``T1w``, ``ce-gadolinium_T1w``, ``ce-gadolinium_t1w``, ...
-
-    Returns
-    -------
-    tuple of (dict, str)
-        BIDS key (``ce``, ``inv``, ``mt``) -> label, and the suffix as spelled in
-        ``SUPPORTED_CONTRASTS``; ``bids_name(*split_contrast(key))`` is the canonical key.
-
-    Raises
-    ------
-    ValueError
-        When ``key`` is not a supported suffix after valid, distinct contrast entities.
-    """
-    *pairs, suffix = str(key).split("_")
-    entities = {}
-    for pair in pairs:
-        name, _, label = pair.partition("-")
-        if name not in CONTRAST_ENTITIES or name in entities or not _LABEL.fullmatch(label):
-            break
-        entities[name] = label
-    else:
-        if suffix.lower() in _SUFFIXES:
-            return entities, _SUFFIXES[suffix.lower()]
-    raise ValueError(f"unknown contrast {key!r}: give {CONTRAST_HELP}")
-
-
-def _contrast_rank(key: str) -> tuple:
-    """Sort key of contrasts: by suffix as in ``SUPPORTED_CONTRASTS``, the plain one first."""
-    entities, suffix = split_contrast(key)
-    return SUPPORTED_CONTRASTS.index(suffix), bool(entities), key
-
-
-@dataclass(frozen=True)
-class Run:
-    """One anatomical image file and what its sidecar says about it.
-
-    Attributes
-    ----------
-    path : str
-        Absolute path of the NIfTI file.
-    relpath : str
-        Path relative to the dataset root (for ``bids:raw:`` URIs).
-    contrast : str
-        Contrast key (``T1w``, ``ce-gadolinium_T1w``, ...; see :func:`contrast_key`).
-    entities : dict
-        pybids entities of the file.
-    slice_thickness : float or None
-        ``SliceThickness`` from the sidecar, in mm.
-    acquisition_plane : str or None
-        ``axial``, ``coronal`` or ``sagittal`` from ``ImageOrientationPatientDICOM``.
-    """
-
-    path: str
-    relpath: str
-    contrast: str
-    entities: dict = field(hash=False, compare=False)
-    slice_thickness: float | None = None
-    acquisition_plane: str | None = None
-
-
-@dataclass
-class SubjectSession:
-    """The runs of one subject (and session) that are fitted together.
-
-    Attributes
-    ----------
-    subject : str
-        Label without ``sub-``.
-    session : str or None
-        Label without ``ses-``; None for datasets without sessions.
-    runs : list of Run
-        Every selected anatomical run.
-    """
-
-    subject: str
-    session: str | None
-    runs: list[Run]
-
-    @property
-    def name(self) -> str:
-        """``sub-<label>[_ses-<label>]``, the prefix of every derivative."""
-        ses = f"_ses-{self.session}" if self.session else ""
-        return f"sub-{self.subject}{ses}"
-
-    @property
-    def entities(self) -> dict[str, str | None]:
-        """``{"sub": ..., "ses": ...}``, the leading entities of every derivative."""
-        return {"sub": self.subject, "ses": self.session}
-
-    @property
-    def contrasts(self) -> list[str]:
-        """Contrast keys present: by suffix as in ``SUPPORTED_CONTRASTS``, the plain one first."""
-        return sorted({run.contrast for run in self.runs}, key=_contrast_rank)
-
-    def labels(self) -> list[str]:
-        """One short unique alphanumeric label per run (``T2w``, ``cegadoliniumT1w``, or
-        ``T1w1``, ``T1w2`` for several stacks of a contrast).
-
-        Returns
-        -------
-        list of str
-            Labels in the order of ``runs``, usable as ``from-``/``to-`` entity values.
-        """
-        counts = {c: sum(r.contrast == c for r in self.runs) for c in self.contrasts}
-        seen: dict[str, int] = {}
-        labels = []
-        for run in self.runs:
-            seen[run.contrast] = seen.get(run.contrast, 0) + 1
-            index = str(seen[run.contrast]) if counts[run.contrast] > 1 else ""
-            labels.append(re.sub("[^A-Za-z0-9]", "", run.contrast) + index)
-        return labels
 
 
 @dataclass
@@ -232,52 +45,6 @@ class Discovery:
     units: list[SubjectSession]
     skipped: list[str]
     notes: list[str] = field(default_factory=list)
-
-
-def load_filters(path: Path) -> dict[str, dict]:
-    """Read a ``--bids-filter-file``: ``{"t2w": {"acquisition": "tse", "run": null}}``.
-
-    Parameters
-    ----------
-    path : Path
-        JSON file whose keys are contrasts, the suffix in any case (``t1w``,
-        ``ce-gadolinium_t1w``); each filters that contrast only.
-
-    Returns
-    -------
-    dict
-        Contrast key (``T2w``, ``ce-gadolinium_T1w``) -> entity filters, as written in the file.
-
-    Raises
-    ------
-    InputError
-        When the file is missing, is not JSON, or has unknown keys.
-    """
-    try:
-        raw = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError(path, "filter file not found", "check the --bids-filter-file path")
-    except json.JSONDecodeError as err:
-        raise InputError(path, f"is not valid JSON ({err})", "fix the --bids-filter-file")
-    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
-        raise InputError(path, "is not a JSON object of objects",
-                         'write it like {"t1w": {"session": "01"}}')
-    filters = {}
-    for key, value in raw.items():
-        try:
-            filters[bids_name(*split_contrast(key))] = value
-        except ValueError:
-            raise InputError(path, f"has the unknown filter key {key!r}",
-                             f"name a contrast: {CONTRAST_HELP}") from None
-    return filters
-
-
-def _pybids_filters(filters: dict) -> dict:
-    from bids.layout import Query
-
-    special = {None: Query.NONE, "*": Query.ANY}
-    return {k: special.get(v, v) if not isinstance(v, list) else v
-            for k, v in filters.items()}
 
 
 def acquisition_plane(orientation: list[float] | None) -> str | None:
@@ -367,6 +134,60 @@ def open_layout(bids_dir: Path, database_dir: Path):
     return BIDSLayout(str(bids_dir), validate=False, database_path=str(database_dir))
 
 
+def _subjects(layout, participants: list[str] | None) -> list[str]:
+    """The subjects to run: ``participants`` when all exist, else every one in the dataset."""
+    root = Path(layout.root)
+    available = sorted(layout.get_subjects())
+    if participants:
+        missing = sorted(set(participants) - set(available))
+        if missing:
+            raise InputError(root, f"has no subject(s) {', '.join(missing)}",
+                             f"choose --participant-label among: {', '.join(available) or 'none'}")
+        available = list(participants)
+    if not available:
+        raise InputError(root, "has no sub-* folders", "point bids_dir at a BIDS dataset root")
+    return available
+
+
+def _contrast_files(layout, base: dict, key: str, filters: dict,
+                    unit: str) -> tuple[list, list[str]]:
+    """The files of one contrast of one unit, after the magnitude and reconstruction rules.
+
+    Returns
+    -------
+    tuple of (list, list of str)
+        pybids files sorted by path, and one note per group of files left out.
+    """
+    query = {**base, "suffix": split_contrast(key)[1], **pybids_filters(filters)}
+    files = sorted((f for f in layout.get(**query) if contrast_key(f.get_entities()) == key),
+                   key=lambda f: f.path)
+    notes = []
+    phase = [f.filename for f in files if f.get_entities().get("part", "mag") != "mag"]
+    if phase:
+        notes.append(f"{unit}: left out {', '.join(phase)}: only magnitude "
+                     "images (no part- or part-mag) are used")
+    files = [f for f in files if f.get_entities().get("part", "mag") == "mag"]
+    if "reconstruction" not in filters:
+        files, rec_notes = _one_reconstruction(files, unit)
+        notes += rec_notes
+    return files, notes
+
+
+def _collect_unit(layout, unit: SubjectSession, wanted: list[str] | None,
+                  suffixes: list[str], filters: dict) -> list[str]:
+    """Add every selected run of ``unit`` to ``unit.runs``; return the notes."""
+    base = {"subject": unit.subject, "datatype": "anat", "extension": NIFTI_EXTENSIONS}
+    if unit.session is not None:
+        base["session"] = unit.session
+    found = {contrast_key(f.get_entities()) for f in layout.get(**base, suffix=suffixes)}
+    notes = []
+    for key in sorted(found.intersection(wanted or found), key=contrast_rank):
+        files, file_notes = _contrast_files(layout, base, key, filters.get(key, {}), unit.name)
+        notes += file_notes
+        unit.runs.extend(_make_run(f, Path(layout.root)) for f in files)
+    return notes
+
+
 def discover(layout, participants: list[str] | None = None,
              sessions: list[str] | None = None, contrasts: list[str] | None = None,
              filters: dict[str, dict] | None = None) -> Discovery:
@@ -391,7 +212,8 @@ def discover(layout, participants: list[str] | None = None,
         Contrast keys to use (``T1w``, ``ce-gadolinium_T1w``); default every one found whose
         suffix is in ``SUPPORTED_CONTRASTS``.
     filters : dict, optional
-        Contrast key -> extra pybids entity filters (see ``load_filters``).
+        Contrast key -> extra pybids entity filters (see
+        :func:`bids_mcsr.dataset.filters.load_filters`).
 
     Returns
     -------
@@ -405,54 +227,24 @@ def discover(layout, participants: list[str] | None = None,
     ValueError
         When a requested contrast is not a valid contrast key.
     """
-    root = Path(layout.root)
-    available = sorted(layout.get_subjects())
-    if participants:
-        missing = sorted(set(participants) - set(available))
-        if missing:
-            raise InputError(root, f"has no subject(s) {', '.join(missing)}",
-                             f"choose --participant-label among: {', '.join(available) or 'none'}")
-        available = list(participants)
-    if not available:
-        raise InputError(root, "has no sub-* folders", "point bids_dir at a BIDS dataset root")
-    wanted = [bids_name(*split_contrast(c)) for c in contrasts] if contrasts else None
+    wanted = [canonical_contrast(c) for c in contrasts] if contrasts else None
     suffixes = sorted({split_contrast(c)[1] for c in wanted} if wanted else SUPPORTED_CONTRASTS)
-    filters = filters or {}
-    units, skipped, notes = [], [], []
-    for subject in available:
+    found = Discovery([], [], [])
+    for subject in _subjects(layout, participants):
         subject_sessions = sorted(layout.get_sessions(subject=subject)) or [None]
         if sessions:
             subject_sessions = [s for s in subject_sessions if s in sessions]
             if not subject_sessions:
-                skipped.append(f"sub-{subject}: none of the sessions {', '.join(sessions)}; "
-                               "check --session-label")
+                found.skipped.append(f"sub-{subject}: none of the sessions "
+                                     f"{', '.join(sessions)}; check --session-label")
         for session in subject_sessions:
             unit = SubjectSession(subject, session, [])
-            base = {"subject": subject, "datatype": "anat", "extension": NIFTI_EXTENSIONS}
-            if session is not None:
-                base["session"] = session
-            found = {contrast_key(f.get_entities())
-                     for f in layout.get(**base, suffix=suffixes)}
-            for key in sorted(found.intersection(wanted or found), key=_contrast_rank):
-                query = {**base, "suffix": split_contrast(key)[1],
-                         **_pybids_filters(filters.get(key, {}))}
-                files = sorted((f for f in layout.get(**query)
-                                if contrast_key(f.get_entities()) == key),
-                               key=lambda f: f.path)
-                phase = [f.filename for f in files if f.get_entities().get("part", "mag") != "mag"]
-                if phase:
-                    notes.append(f"{unit.name}: left out {', '.join(phase)}: only magnitude "
-                                 "images (no part- or part-mag) are used")
-                files = [f for f in files if f.get_entities().get("part", "mag") == "mag"]
-                if "reconstruction" not in filters.get(key, {}):
-                    files, rec_notes = _one_reconstruction(files, unit.name)
-                    notes += rec_notes
-                unit.runs.extend(_make_run(f, root) for f in files)
+            found.notes += _collect_unit(layout, unit, wanted, suffixes, filters or {})
             if unit.runs:
-                units.append(unit)
+                found.units.append(unit)
             else:
-                skipped.append(
+                found.skipped.append(
                     f"{unit.name}: found no anatomical image among "
                     f"{', '.join(wanted or SUPPORTED_CONTRASTS)}; "
                     "check --contrasts and --bids-filter-file")
-    return Discovery(units, skipped, notes)
+    return found

@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 from bids.layout import parse_file_entities
 
-from bids_mcsr.dataset.discovery import contrast_key
-from bids_mcsr.dataset.derivatives import atomic_write
+from bids_mcsr.dataset.entities import contrast_key
+from bids_mcsr.dataset.files import atomic_write
 from bids_mcsr.image.geometry import Grid
 from bids_mcsr.image.intensity import foreground_mask
 from bids_mcsr.image.io import Stack, load_stack

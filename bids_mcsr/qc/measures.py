@@ -1,6 +1,6 @@
 """Quality metrics that need no ground truth, for the subject report and the group level.
 
-* Held-out slices (computed by the fit, judged by :mod:`bids_mcsr.qc.records`): a few slices of
+* Held-out slices (computed by the fit, judged by :mod:`bids_mcsr.qc.flags`): a few slices of
   every thick stack were withheld; the SR output re-simulates them and is scored against
   cubic interpolation of the same slices from the stack's other slices. With the fitted
   pose correction (registration check), slice-profile width and noise level of each stack,
@@ -29,15 +29,13 @@ from bids_mcsr.image.geometry import Grid
 from bids_mcsr.image.intensity import foreground_mask
 from bids_mcsr.image.io import Stack
 from bids_mcsr.image.metrics import mutual_information, psnr, ssim
-from bids_mcsr.inr.stopping import mi_plateaued
-from bids_mcsr.qc.records import (ALIGNMENT_STEP_MM, contrast_quality, mi_rule_epoch, misaligned, quality_flags,
-                 stack_rows)
 from bids_mcsr.acquisition.slice_profile import resimulate_stack, slice_normal
-from bids_mcsr.inr.superres import SRResult
+from bids_mcsr.inr.result import RESULT_KEYS, SRResult
+from bids_mcsr.inr.stopping import mi_plateaued
+from bids_mcsr.qc.flags import ALIGNMENT_STEP_MM, misaligned, quality_flags
+from bids_mcsr.qc.records import DEFAULT_MI_RULE, contrast_quality, mi_rule_epoch, stack_rows
 
 CONVERGENCE_EPOCHS = 5
-DEFAULT_MI_WINDOW = 4
-DEFAULT_MI_TOLERANCE = 2e-3
 SSIM_MIN_SLICES = 11  # the Gaussian window (sigma 1.5) of metrics.ssim spans 11 voxels
 
 
@@ -143,9 +141,8 @@ def mi_convergence(history: dict, settings: dict | None = None,
     if not values:
         return {"final_mi_training": None, "mi_change_last_epochs": None,
                 "mi_change_epochs": 0, "mi_converged": None}
-    rule = (settings or {}).get("mi_stopping", {})
-    window = int(rule.get("window", DEFAULT_MI_WINDOW))
-    tolerance = float(rule.get("tolerance_nats", DEFAULT_MI_TOLERANCE))
+    rule = {**DEFAULT_MI_RULE, **((settings or {}).get("mi_stopping") or {})}
+    window, tolerance = int(rule["window"]), float(rule["tolerance_nats"])
     span = min(last, len(values) - 1)
     return {"final_mi_training": float(values[-1]),
             "mi_change_last_epochs": float(values[-1] - values[-1 - span]),
@@ -294,6 +291,5 @@ def subject_metrics(stacks: Sequence[Stack], reference_index: int, result: SRRes
 
 
 def result_dict(result: SRResult) -> dict:
-    """The ``result.json`` keys of an SRResult that the QC rules read."""
-    return {"acquisition": result.acquisition, "validation": result.validation,
-            "history": result.history, "settings": result.settings}
+    """The ``result.json`` content of an SRResult (what the QC record is built from)."""
+    return {key: getattr(result, key) for key in RESULT_KEYS}

@@ -1,54 +1,30 @@
-"""Per-subject QC record, training curves and the rules that judge a fit without ground truth.
+"""The QC record of one unit, and the training curves.
 
-This module is the one home of the QC rules; the subject report and the group level both
-call them:
-
-* the verdict: super-resolution against cubic B-spline interpolation of the same held-out
-  slices (see :mod:`bids_mcsr.acquisition.holdout`), ``better`` when it gains more than
-  :data:`GAIN_MARGIN_DB`, ``worse`` when it loses more, ``no better`` in between;
-* the registration check, twice: the rigid pose correction the fit applied to a stack on top
-  of registration, a problem above :data:`POSE_SHIFT_MAX_MM` or
-  :data:`POSE_ROTATION_MAX_DEG`; and the alignment check of the report
-  (:func:`bids_mcsr.qc.measures.alignment_check`), a problem when the reference matches
-  a stack better (mutual information higher by more than :data:`ALIGNMENT_MARGIN`) with the
-  stack moved by :data:`ALIGNMENT_STEP_MM` along a world axis than where it is;
-* the noise level of each stack, a problem above :data:`NOISE_PERCENT_MAX` percent of the
-  stack's intensity range;
-* the slice profile: the fitted FWHM against the header's ``SliceThickness``, a problem when
-  they differ by more than a factor :data:`FWHM_RATIO_MAX`.
+One JSON per subject/session, ``qc/<unit>_desc-qc.json``, in the spirit of MRIQC's image
+quality records: the unit's entities and ``status`` (``ok`` or ``failed`` with ``error``),
+its quality numbers, per contrast under ``per_contrast`` and per input stack under
+``stacks``, and how it was made under ``provenance``. The derivatives step writes it from
+the fit's ``result.json`` (or from the error); the subject report rewrites it with its
+image measures and ``report`` added (see :func:`qc_record`). The group level reads only
+this file. The rules that judge the numbers live in :mod:`bids_mcsr.qc.flags`.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Sequence
 
-GAIN_MARGIN_DB = 0.2
-POSE_SHIFT_MAX_MM = 3.0
-POSE_ROTATION_MAX_DEG = 3.0
-NOISE_PERCENT_MAX = 10.0
-FWHM_RATIO_MAX = 1.5
-ALIGNMENT_STEP_MM = 5.0
-ALIGNMENT_MARGIN = 0.1
-DEFAULT_MI_RULE = {"window": 4, "tolerance_nats": 2e-3, "min_epochs": 6}
+from bids_mcsr.inr.presets import MI_MIN_EPOCHS, MI_TOLERANCE_NATS, MI_WINDOW
+from bids_mcsr.qc.flags import fwhm_ratio, known, verdict
+
+DEFAULT_MI_RULE = {"window": MI_WINDOW, "tolerance_nats": MI_TOLERANCE_NATS,
+                   "min_epochs": MI_MIN_EPOCHS}
 
 
 def _cell(value: float | None) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
     return f"{value:.6g}"
-
-
-def _known(value: object) -> bool:
-    """A finite number (numpy scalars included), not None, NaN or a bool."""
-    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
-            and math.isfinite(value))
-
-
-def _num(value: object, digits: int = 1) -> str:
-    return f"{float(value):.{digits}f}" if _known(value) else "n/a"
-
 
 def curves_tsv(history: dict) -> str:
     """The training history as a TSV table, one row per epoch.
@@ -76,66 +52,6 @@ def curves_tsv(history: dict) -> str:
         cells += [_cell(history["mi"][i]), _cell(history["seconds"][i])]
         rows.append("\t".join(cells))
     return "\n".join(rows) + "\n"
-
-
-def verdict(gain_db: float | None) -> str | None:
-    """``better``, ``no better`` or ``worse`` for a held-out gain (dB, SR minus cubic);
-    None when nothing was held out."""
-    if not _known(gain_db):
-        return None
-    if gain_db > GAIN_MARGIN_DB:
-        return "better"
-    return "worse" if gain_db < -GAIN_MARGIN_DB else "no better"
-
-
-def verdict_text(quality: dict) -> str:
-    """The verdict of one contrast as a sentence, from :func:`contrast_quality`."""
-    gain = quality.get("heldout_gain_db")
-    judged = verdict(gain)
-    if judged is None:
-        return ("no slice could be held out (isotropic stacks, or stacks of fewer than 10 "
-                "slices): no estimate of what super-resolution added")
-    scores = (f"SR {_num(quality.get('heldout_sr_psnr'), 2)} dB vs cubic "
-              f"{_num(quality.get('heldout_cubic_psnr'), 2)} dB on "
-              f"{quality.get('heldout_voxels')} voxels")
-    if judged == "better":
-        return f"SR better than interpolation by {gain:.2f} dB on held-out slices ({scores})"
-    if judged == "worse":
-        return f"SR worse than interpolation by {-gain:.2f} dB on held-out slices ({scores})"
-    return (f"SR no better than interpolation on held-out slices: {gain:+.2f} dB, within "
-            f"±{GAIN_MARGIN_DB:g} dB ({scores})")
-
-
-def pose_problem(shift_mm: float | None, rotation_deg: float | None) -> bool:
-    """Whether a pose correction after registration is too large to trust the registration."""
-    return ((_known(shift_mm) and shift_mm > POSE_SHIFT_MAX_MM)
-            or (_known(rotation_deg) and rotation_deg > POSE_ROTATION_MAX_DEG))
-
-
-def misaligned(check: dict | None) -> bool:
-    """Whether an alignment check found a better match away from the stack's place: the
-    best MI of the moved copies above the MI in place by more than ``ALIGNMENT_MARGIN``
-    (relative)."""
-    if not check or not _known(check.get("mi_in_place")) or not _known(check.get("mi_moved")):
-        return False
-    return check["mi_moved"] > (1 + ALIGNMENT_MARGIN) * check["mi_in_place"]
-
-
-def fwhm_ratio(fitted_mm: float | None, header_mm: float | None) -> float | None:
-    """Fitted slice-profile FWHM over the header's SliceThickness (None if either is unknown)."""
-    if not (_known(fitted_mm) and _known(header_mm)) or header_mm <= 0:
-        return None
-    return float(fitted_mm / header_mm)
-
-
-def profile_problem(ratio: float | None) -> bool:
-    """Whether the fitted FWHM and the header disagree by more than ``FWHM_RATIO_MAX``."""
-    return _known(ratio) and ratio > 0 and abs(math.log(ratio)) > math.log(FWHM_RATIO_MAX)
-
-
-def noise_problem(noise_percent: float | None) -> bool:
-    """Whether a stack's noise exceeds ``NOISE_PERCENT_MAX`` % of its intensity range."""
-    return _known(noise_percent) and noise_percent > NOISE_PERCENT_MAX
 
 
 def stack_rows(result: dict, names: Sequence[str] | None = None) -> list[dict]:
@@ -185,8 +101,8 @@ def stack_rows(result: dict, names: Sequence[str] | None = None) -> list[dict]:
 
 
 def _max(values: Sequence[float | None]) -> float | None:
-    known = [float(v) for v in values if _known(v)]
-    return max(known) if known else None
+    finite = [float(v) for v in values if known(v)]
+    return max(finite) if finite else None
 
 
 def contrast_quality(result: dict, contrast: str, stacks: Sequence[dict] | None = None) -> dict:
@@ -213,9 +129,9 @@ def contrast_quality(result: dict, contrast: str, stacks: Sequence[dict] | None 
     held = (result.get("validation") or {}).get(contrast) or {}
     own = [s for s in (stacks if stacks is not None else stack_rows(result))
            if s["contrast"] == contrast]
-    with_ratio = [s for s in own if _known(s["fwhm_ratio"]) and s["fwhm_ratio"] > 0]
+    with_ratio = [s for s in own if known(s["fwhm_ratio"]) and s["fwhm_ratio"] > 0]
     worst = max(with_ratio, key=lambda s: abs(math.log(s["fwhm_ratio"])), default=None)
-    fitted = [s for s in own if _known(s["fitted_fwhm_mm"])]
+    fitted = [s for s in own if known(s["fitted_fwhm_mm"])]
     return {"verdict": verdict(held.get("gain_db")),
             "heldout_gain_db": held.get("gain_db"), "heldout_sr_psnr": held.get("sr_psnr"),
             "heldout_cubic_psnr": held.get("cubic_psnr"), "heldout_voxels": held.get("voxels"),
@@ -226,35 +142,6 @@ def contrast_quality(result: dict, contrast: str, stacks: Sequence[dict] | None 
             "fwhm_fitted_mm": (worst or (fitted[0] if fitted else {})).get("fitted_fwhm_mm"),
             "fwhm_header_mm": (worst or {}).get("header_thickness_mm"),
             "fwhm_ratio": (worst or {}).get("fwhm_ratio")}
-
-
-def quality_flags(quality: dict) -> list[str]:
-    """Why one contrast of one fit deserves a look, from :func:`contrast_quality` numbers
-    (or a group-table row with the same keys); empty for a healthy fit."""
-    reasons = []
-    gain, judged = quality.get("heldout_gain_db"), verdict(quality.get("heldout_gain_db"))
-    if judged in ("no better", "worse"):
-        reasons.append(f"SR {judged} than interpolation on held-out slices: {gain:+.2f} dB "
-                       f"(SR {_num(quality.get('heldout_sr_psnr'), 2)} vs cubic "
-                       f"{_num(quality.get('heldout_cubic_psnr'), 2)} dB)")
-    if quality.get("misaligned_stacks"):
-        reasons.append(f"registration looks wrong: {quality['misaligned_stacks']} stack(s) "
-                       f"match the reference better moved by {ALIGNMENT_STEP_MM:g} mm than "
-                       "where they are")
-    shift, rotation = quality.get("pose_shift_max_mm"), quality.get("pose_rotation_max_deg")
-    if pose_problem(shift, rotation):
-        reasons.append(f"registration looks wrong: the fit moved a stack by {_num(shift)} mm "
-                       f"/ {_num(rotation)}° on top of registration (limit "
-                       f"{POSE_SHIFT_MAX_MM:g} mm / {POSE_ROTATION_MAX_DEG:g}°)")
-    noise = quality.get("noise_percent_max")
-    if noise_problem(noise):
-        reasons.append(f"noisy stack: noise {_num(noise)} % of its intensity range "
-                       f"(limit {NOISE_PERCENT_MAX:g} %)")
-    if profile_problem(quality.get("fwhm_ratio")):
-        reasons.append(f"slice profile: fitted FWHM {_num(quality.get('fwhm_fitted_mm'), 2)} "
-                       f"mm vs header SliceThickness {_num(quality.get('fwhm_header_mm'), 2)} "
-                       "mm (check the header)")
-    return reasons
 
 
 def mi_rule_epoch(history: dict, settings: dict | None = None) -> int | None:
@@ -278,10 +165,21 @@ def mi_rule_epoch(history: dict, settings: dict | None = None) -> int | None:
     return None
 
 
+
+
+def _per_contrast(result: dict, contrasts: Sequence[str], stacks: list[dict]) -> dict:
+    """Per contrast: the final training loss, the joint final MI and the
+    :func:`contrast_quality` numbers."""
+    losses = (result.get("history") or {}).get("loss", {})
+    return {c: {"final_loss": losses[c][-1] if losses.get(c) else None,
+                "final_mi": result.get("final_mi"), **contrast_quality(result, c, stacks)}
+            for c in contrasts}
+
+
 def qc_record(subject: str, session: str | None, contrasts: list[str],
               result: dict | None = None, error: str | None = None,
-              stack_names: Sequence[str] | None = None) -> dict:
-    """The QC summary of one subject/session, for the group level.
+              stack_names: Sequence[str] | None = None, measures: dict | None = None) -> dict:
+    """The QC record of one subject/session (the content of ``<unit>_desc-qc.json``).
 
     Parameters
     ----------
@@ -296,6 +194,11 @@ def qc_record(subject: str, session: str | None, contrasts: list[str],
     stack_names : sequence of str, optional
         Names of the input stacks in the fit's order (the acquisition entries otherwise
         carry the names of the registered copies).
+    measures : dict, optional
+        What the subject report measured on the images
+        (:func:`bids_mcsr.qc.measures.subject_metrics`, with ``provenance`` and ``report``):
+        its ``per_contrast`` entries join the record's, its other keys are added (its
+        ``stacks`` rows extend the record's with the alignment check).
 
     Returns
     -------
@@ -303,21 +206,17 @@ def qc_record(subject: str, session: str | None, contrasts: list[str],
         ``subject, session, contrasts, per_contrast`` (final loss, the joint final MI and
         the :func:`contrast_quality` numbers), ``stacks`` (:func:`stack_rows`),
         ``final_mi, runtime_s, device, epochs_run, stopped_epoch, best_epoch`` (the epoch
-        with the lowest held-out error), ``mi_rule_epoch`` (:func:`mi_rule_epoch`), ``status``
-        and, when failed, ``error``.
+        with the lowest held-out error), ``mi_rule_epoch`` (:func:`mi_rule_epoch`), the keys
+        of ``measures``, ``status`` and, when failed, ``error``.
     """
     result = result or {}
     history = result.get("history", {})
-    losses = history.get("loss", {})
     stacks = stack_rows(result, stack_names)
     record = {
         "subject": subject,
         "session": session,
         "contrasts": contrasts,
-        "per_contrast": {c: {"final_loss": losses[c][-1] if losses.get(c) else None,
-                             "final_mi": result.get("final_mi"),
-                             **contrast_quality(result, c, stacks)}
-                         for c in contrasts},
+        "per_contrast": _per_contrast(result, contrasts, stacks),
         "stacks": stacks,
         "final_mi": result.get("final_mi"),
         "runtime_s": result.get("runtime_s"),
@@ -326,8 +225,11 @@ def qc_record(subject: str, session: str | None, contrasts: list[str],
         "stopped_epoch": result.get("stopped_epoch"),
         "best_epoch": history.get("best_epoch"),
         "mi_rule_epoch": mi_rule_epoch(history, result.get("settings")) if history else None,
-        "status": "failed" if error else "ok",
     }
+    for contrast, per in (measures or {}).get("per_contrast", {}).items():
+        record["per_contrast"].setdefault(contrast, {}).update(per)
+    record.update({k: v for k, v in (measures or {}).items() if k != "per_contrast"})
+    record["status"] = "failed" if error else "ok"
     if error:
         record["error"] = error
     return record

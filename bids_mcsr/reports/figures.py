@@ -95,12 +95,7 @@ def plot_lr_vs_sr(stacks: Sequence[Stack], volume: np.ndarray, grid: Grid, mask:
     through_axis : int
         Grid axis of the first stack's slice direction; the detail is cut along it.
     path : Path
-        PNG to write.
-
-    Returns
-    -------
-    Path
-        ``path``.
+        PNG to write (and return).
     """
     mask = np.asarray(mask, bool)
     rows = [(f"acquired {s.name}", resample_to_grid(s, grid, order=0)) for s in stacks]
@@ -129,16 +124,12 @@ def plot_registration(reference: Stack, moving: Stack, grid: Grid, point: Sequen
     reference, moving : Stack
         The reference stack and a stack registered to it.
     grid : Grid
-        The grid both are resampled onto (linear interpolation).
+        The grid both are resampled onto (linear interpolation), cut through its voxel
+        ``point`` in each plane.
     point : sequence of int
-        Grid voxel every plane goes through.
+        See ``grid``.
     path : Path
-        PNG to write.
-
-    Returns
-    -------
-    Path
-        ``path``.
+        PNG to write (and return).
     """
     ref = resample_to_grid(reference, grid, order=1)
     mov = resample_to_grid(moving, grid, order=1)
@@ -170,23 +161,37 @@ def plot_training(history: dict, stopped_epoch: int | None, mi_rule_epoch: int |
         Epoch at which the MI plateau rule stops, or would have (dotted line on the MI
         panel).
     path : Path
-        PNG to write.
-
-    Returns
-    -------
-    Path
-        ``path``.
+        PNG to write (and return).
     """
-    epochs = history.get("epoch", [])
-    best = history.get("best_epoch") or None
     fig = Figure(figsize=(15, 3.6))
     loss_ax, held_ax, mi_ax = fig.subplots(1, 3)
+    _plot_loss(loss_ax, history)
+    _plot_heldout(held_ax, history)
+    has_mi = _plot_mi(mi_ax, history, mi_rule_epoch)
+    if stopped_epoch:
+        for ax in (loss_ax, held_ax, mi_ax):
+            ax.axvline(stopped_epoch, color="k", ls="--", lw=1,
+                       label=f"stopped at {stopped_epoch}" if ax is mi_ax else None)
+    if has_mi:
+        mi_ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _plot_loss(ax: Axes, history: dict) -> None:
+    """Training loss per contrast and epoch, on a log scale when positive."""
     for contrast, values in history.get("loss", {}).items():
-        loss_ax.plot(epochs, values, marker="o", ms=3, label=contrast)
-    loss_ax.set(xlabel="epoch", ylabel="training loss", title="loss per contrast")
+        ax.plot(history.get("epoch", []), values, marker="o", ms=3, label=contrast)
+    ax.set(xlabel="epoch", ylabel="training loss", title="loss per contrast")
     if any(v and v > 0 for vals in history.get("loss", {}).values() for v in vals):
-        loss_ax.set_yscale("log")
-    loss_ax.legend(fontsize=8)
+        ax.set_yscale("log")
+    ax.legend(fontsize=8)
+
+
+def _plot_heldout(held_ax: Axes, history: dict) -> None:
+    """Held-out error per contrast and epoch, its lowest epoch marked in green."""
+    epochs = history.get("epoch", [])
+    best = history.get("best_epoch") or None
     curves = {c: [(e, v) for e, v in zip(epochs, values) if v is not None]
               for c, values in (history.get("heldout_mse") or {}).items()}
     curves = {c: pts for c, pts in curves.items() if pts}
@@ -202,6 +207,12 @@ def plot_training(history: dict, stopped_epoch: int | None, mi_rule_epoch: int |
         held_ax.text(0.5, 0.5, "no held-out slices", ha="center", transform=held_ax.transAxes)
     held_ax.set(xlabel="epoch", ylabel="held-out MSE (normalised)",
                 title="held-out slices (lower is better)")
+
+
+def _plot_mi(mi_ax: Axes, history: dict, mi_rule_epoch: int | None) -> bool:
+    """MI between the contrasts per epoch, where the MI rule stops dotted; False (and a
+    note) with a single contrast."""
+    epochs = history.get("epoch", [])
     mi = [(e, m) for e, m in zip(epochs, history.get("mi", [])) if m is not None]
     if mi:
         mi_ax.plot(*zip(*mi), marker="o", ms=3, color="tab:purple", label="MI")
@@ -211,11 +222,4 @@ def plot_training(history: dict, stopped_epoch: int | None, mi_rule_epoch: int |
     else:
         mi_ax.text(0.5, 0.5, "single contrast: no MI", ha="center", transform=mi_ax.transAxes)
     mi_ax.set(xlabel="epoch", ylabel="MI (nats)", title="MI between contrasts (information)")
-    if stopped_epoch:
-        for ax in (loss_ax, held_ax, mi_ax):
-            ax.axvline(stopped_epoch, color="k", ls="--", lw=1,
-                       label=f"stopped at {stopped_epoch}" if ax is mi_ax else None)
-    if mi:
-        mi_ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+    return bool(mi)

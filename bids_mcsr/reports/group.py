@@ -1,7 +1,7 @@
-"""Group level: collect every subject's QC JSONs into one table, one page and a flag list.
+"""Group level: collect every unit's QC record into one table, one page and a flag list.
 
-Reads only the per-subject files the participant level wrote (``*_desc-qc.json`` and, for
-finished subjects, ``*_desc-metrics.json``); never touches images. Writes
+Reads only the QC record the participant level wrote for each subject/session
+(``*_desc-qc.json``, see :mod:`bids_mcsr.qc.records`); never touches images. Writes
 ``group_desc-qc.tsv`` (one row per subject/session/contrast) and ``group.html`` at the
 output root.
 """
@@ -16,13 +16,14 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pandas as pd
 
-from bids_mcsr.dataset.derivatives import atomic_write
-from bids_mcsr.qc.records import (ALIGNMENT_STEP_MM, FWHM_RATIO_MAX, GAIN_MARGIN_DB, NOISE_PERCENT_MAX,
-                 POSE_ROTATION_MAX_DEG, POSE_SHIFT_MAX_MM, quality_flags, verdict)
-from bids_mcsr.reports.subject import METRICS_SUFFIX, unit_name
+from bids_mcsr.dataset.entities import unit_name
+from bids_mcsr.dataset.files import atomic_write
+from bids_mcsr.dataset.naming import QC_SUFFIX
+from bids_mcsr.qc.flags import (ALIGNMENT_STEP_MM, FWHM_RATIO_MAX, GAIN_MARGIN_DB,
+                                NOISE_PERCENT_MAX, POSE_ROTATION_MAX_DEG, POSE_SHIFT_MAX_MM,
+                                quality_flags, verdict)
 from bids_mcsr.reports.html import page, paragraph, section, strip_plot_svg, table
 
-QC_SUFFIX = "_desc-qc.json"
 MAD_TO_SIGMA = 1.4826
 OUTLIER_SIGMAS = 3.0
 MIN_FOR_OUTLIERS = 4
@@ -82,28 +83,26 @@ def robust_outliers(values: np.ndarray, sigmas: float = OUTLIER_SIGMAS, side: st
 
 
 def find_records(output_dir: Path) -> dict[tuple[str, str | None], dict]:
-    """Every unit's QC record, with its metrics record merged in when there is one.
-
-    Parameters
-    ----------
-    output_dir : Path
-        Output dataset root.
+    """The QC record of every subject/session under ``output_dir``.
 
     Returns
     -------
     dict
-        ``(subject, session) -> record``; a record has ``qc`` and/or ``metrics`` keys.
+        ``(subject, session) -> record``; an unreadable file gives a ``failed`` record
+        whose subject and session come from its name.
     """
     found: dict[tuple[str, str | None], dict] = {}
-    for suffix, key in ((QC_SUFFIX, "qc"), (METRICS_SUFFIX, "metrics")):
-        for pattern in (f"sub-*/qc/*{suffix}", f"sub-*/ses-*/qc/*{suffix}"):
-            for path in sorted(Path(output_dir).glob(pattern)):
-                try:
-                    data = json.loads(path.read_text())
-                except (OSError, ValueError) as err:
-                    data = {"status": "failed", "error": f"unreadable {path.name}: {err}"}
-                subject = data.get("subject") or path.name.split("_")[0].removeprefix("sub-")
-                found.setdefault((subject, data.get("session")), {})[key] = data
+    for pattern in (f"sub-*/qc/*{QC_SUFFIX}", f"sub-*/ses-*/qc/*{QC_SUFFIX}"):
+        for path in sorted(Path(output_dir).glob(pattern)):
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError) as err:
+                from bids.layout import parse_file_entities  # pybids: only for a broken file
+
+                entities = parse_file_entities(str(path))
+                record = {"subject": entities.get("subject"), "session": entities.get("session"),
+                          "status": "failed", "error": f"unreadable {path.name}: {err}"}
+            found[(record.get("subject"), record.get("session"))] = record
     return found
 
 
@@ -121,41 +120,42 @@ def expected_subjects(output_dir: Path) -> list[str]:
     return sorted(p.name.removeprefix("sub-") for p in raw_dir.glob("sub-*") if p.is_dir())
 
 
+def _mi_sr(record: dict, contrast: str) -> float | None:
+    """Mean MI between the SR volume of ``contrast`` and the unit's other SR contrasts."""
+    contrasts = record["contrasts"]
+    # pairs are keyed "A-B"; contrast keys hold "-" too, so match whole pairs
+    pairs = {f"{a}-{b}" for other in contrasts for a, b in ((contrast, other),
+                                                             (other, contrast))}
+    mi = [v for pair, v in record.get("mi_between_sr", {}).items() if pair in pairs]
+    return float(np.mean(mi)) if mi else None
+
+
 def unit_rows(subject: str, session: str | None, record: dict) -> list[dict]:
-    """Table rows (one per contrast) of one unit's records."""
-    qc, metrics = record.get("qc", {}), record.get("metrics")
-    base = {"name": unit_name(subject, session), "subject": subject, "session": session}
-    contrasts = (metrics or qc).get("contrasts") or [None]
-    if qc.get("status") == "failed" or metrics is None:
-        error = qc.get("error") or ("no report metrics: the report step did not finish"
-                                    if qc else "no QC record")
-        status = "failed" if qc.get("status") == "failed" else "incomplete"
-        return [{**base, "contrast": c, "status": status, "error": error,
-                 **{key: ((qc.get("per_contrast") or {}).get(c) or {}).get(key)
-                    for key in QUALITY},
-                 "runtime_s": qc.get("runtime_s"), "device": qc.get("device"),
-                 "epochs_run": qc.get("epochs_run"), "stopped_epoch": qc.get("stopped_epoch"),
-                 "final_mi_training": qc.get("final_mi")} for c in contrasts]
+    """Table rows (one per contrast) of one unit's QC record: ``ok`` once the subject report
+    added its measures (``report``), ``incomplete`` before, ``failed`` for a failed run."""
+    base = {"name": unit_name(subject, session), "subject": subject, "session": session,
+            "runtime_s": record.get("runtime_s"), "device": record.get("device"),
+            "epochs_run": record.get("epochs_run"),
+            "stopped_epoch": record.get("stopped_epoch")}
+    contrasts = record.get("contrasts") or [None]
+    per_contrast = record.get("per_contrast") or {}
+    if record.get("status") == "failed" or "report" not in record:
+        failed = record.get("status") == "failed"
+        error = record.get("error") or "no report metrics: the report step did not finish"
+        return [{**base, "contrast": c, "status": "failed" if failed else "incomplete",
+                 "error": error, **{key: (per_contrast.get(c) or {}).get(key) for key in QUALITY},
+                 "final_mi_training": record.get("final_mi")} for c in contrasts]
     rows = []
     for contrast in contrasts:
-        per = {**metrics["per_contrast"].get(contrast, {}),
-               **(qc.get("per_contrast") or {}).get(contrast, {})}
-        # pairs are keyed "A-B"; contrast keys hold "-" too, so match whole pairs
-        pairs = {f"{a}-{b}" for other in contrasts for a, b in ((contrast, other),
-                                                                 (other, contrast))}
-        mi = [v for pair, v in metrics.get("mi_between_sr", {}).items() if pair in pairs]
+        per = per_contrast.get(contrast, {})
         rows.append({**base, "contrast": contrast, "status": "ok",
                      "verdict": verdict(per.get("heldout_gain_db")) or "n/a",
                      **{key: per.get(key) for key in QUALITY},
                      "sharpness_ratio": per.get("sharpness_ratio"),
-                     "mi_sr": float(np.mean(mi)) if mi else None,
-                     "final_mi_training": metrics.get("final_mi_training"),
-                     "runtime_s": metrics.get("runtime_s"),
-                     "epochs_run": metrics.get("epochs_run"),
-                     "stopped_epoch": metrics.get("stopped_epoch"),
-                     "best_epoch": qc.get("best_epoch", metrics.get("best_epoch")),
-                     "mi_rule_epoch": qc.get("mi_rule_epoch", metrics.get("mi_rule_epoch")),
-                     "device": metrics.get("device"), "error": None})
+                     "mi_sr": _mi_sr(record, contrast),
+                     "final_mi_training": record.get("final_mi_training"),
+                     "best_epoch": record.get("best_epoch"),
+                     "mi_rule_epoch": record.get("mi_rule_epoch"), "error": None})
     return rows
 
 
@@ -258,18 +258,9 @@ def render_group(df: pd.DataFrame, flags: pd.DataFrame, missing: list[str],
 
 
 def run_group(output_dir: Path) -> int:
-    """Write ``group_desc-qc.tsv`` and ``group.html`` from the per-subject QC JSONs.
-
-    Parameters
-    ----------
-    output_dir : Path
-        Output dataset root of the participant level.
-
-    Returns
-    -------
-    int
-        0 when written; 1 (with a one-line message on stderr) when no QC record exists.
-    """
+    """Write ``group_desc-qc.tsv`` and ``group.html`` into the participant level's output
+    root ``output_dir`` from its QC records; return 0 when written, 1 (with a one-line
+    message on stderr) when there is no QC record."""
     output_dir = Path(output_dir)
     records = find_records(output_dir)
     if not records:
