@@ -10,14 +10,14 @@ Usage: ``python -m bids_mcsr.evaluation.demo DEST [--thickness MM] [--resolution
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from bids_mcsr.evaluation.phantom import mni_truth
 from bids_mcsr.acquisition.simulate import simulate_stack
+from bids_mcsr.dataset.files import write_json
+from bids_mcsr.evaluation.phantom import mni_truth
 
 # (contrast, acq label, voxel axis of the slices, DICOM row/column cosines of that plane)
 STACKS = (
@@ -33,10 +33,6 @@ def head_motion(degrees: float = 3.0, shift_mm: float = 2.0) -> np.ndarray:
     motion[1:3, 1:3] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
     motion[0, 3] = shift_mm
     return motion
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def build_demo(dest: Path, thickness: float = 5.0, resolution: int = 2,
@@ -64,7 +60,7 @@ def build_demo(dest: Path, thickness: float = 5.0, resolution: int = 2,
     anat.mkdir(parents=True, exist_ok=True)
     volumes, affine = mni_truth(resolution=resolution)
     motion = head_motion() if motion is None else motion
-    _write_json(dest / "dataset_description.json", {
+    write_json(dest / "dataset_description.json", {
         "Name": "bids-mcsr demo: thick-slice T1w and T2w simulated from ICBM 2009a",
         "BIDSVersion": "1.10.0",
         "DatasetType": "raw",
@@ -86,7 +82,7 @@ def build_demo(dest: Path, thickness: float = 5.0, resolution: int = 2,
         img.header.set_xyzt_units("mm", "sec")
         stem = anat / f"sub-01_acq-{acq}_{contrast}"
         nib.save(img, f"{stem}.nii.gz")
-        _write_json(Path(f"{stem}.json"), {
+        write_json(Path(f"{stem}.json"), {
             "MRAcquisitionType": "2D", "SliceThickness": thickness,
             "ImageOrientationPatientDICOM": orientation})
     return dest
