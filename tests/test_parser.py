@@ -59,7 +59,7 @@ def test_labels_are_stripped_sorted_and_deduplicated(bids_dir, tmp_path):
 
 def test_defaults(bids_dir, tmp_path):
     opts = parse_args([str(bids_dir), str(tmp_path / "out"), "participant", "--nprocs", "4"])
-    assert opts.omp_nthreads == 3
+    assert opts.omp_nthreads is None  # each unit's steps get every CPU of the unit
     assert (opts.bias_correction, opts.registration, opts.model) == ("n4", "rigid", "fast")
     assert opts.filters == {}
 

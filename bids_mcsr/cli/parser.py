@@ -91,10 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("-w", "--work-dir", type=Path, default=Path("work"),
                      help="intermediate results; reusing it resumes finished steps")
     res.add_argument("--nprocs", type=_positive_int, default=os.cpu_count() or 1,
-                     help="processes run in parallel")
+                     help="CPUs of the run; subjects/sessions run side by side when their "
+                     "memory allows, each with its share")
     res.add_argument("--omp-nthreads", type=_positive_int,
-                     help="threads per process; default min(nprocs - 1, 8), at least 1")
-    res.add_argument("--mem-gb", type=_positive_float, help="memory limit in GB")
+                     help="threads of each step; default: every CPU of its subject/session")
+    res.add_argument("--mem-gb", type=_positive_float,
+                     help="memory limit in GB; default: the memory available at start")
     res.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
     sr = parser.add_argument_group("super-resolution")
@@ -211,7 +213,7 @@ def validate(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> argpa
     -------
     argparse.Namespace
         The options with absolute paths, stripped labels, contrast keys in their canonical
-        spelling, ``filters`` (dict) and ``omp_nthreads`` filled in.
+        spelling and ``filters`` (dict).
     """
     try:
         opts.contrasts = opts.contrasts and [bids_name(*split_contrast(c)) for c in opts.contrasts]
@@ -254,8 +256,6 @@ def validate(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> argpa
             parser.error(str(err))
     opts.participant_label = _strip(opts.participant_label, "sub-")
     opts.session_label = _strip(opts.session_label, "ses-")
-    if opts.omp_nthreads is None:
-        opts.omp_nthreads = max(1, min(opts.nprocs - 1, 8))
     return opts
 
 
