@@ -14,7 +14,8 @@ method, every number the mean over ``--seeds`` with the spread (max - min) besid
 * ``fixed-profile``: a refit without slice-profile learning;
 * ``fixed-pose``: a refit without pose refinement (rows with a misplaced stack);
 * ``uncapped``: a refit whose slab may be wider than the slice spacing (the header's
-  SliceThickness as it is, as before the cap of ``slice_profile.slab_fwhm``).
+  SliceThickness as it is, as before the cap of ``slice_profile.slab_fwhm``);
+* ``slab=X``: a refit with the modelled FWHM X times the header's thickness.
 
 Scored inside the truth's head mask on the truth's range (``bids_mcsr.image.metrics``), for every
 contrast acquired thick-slice. The truth is a central crop of the 1 mm ICBM 2009a template
@@ -97,14 +98,20 @@ def pose_error(correction: np.ndarray, misplaced_by: np.ndarray, stack: Stack) -
 
 
 @contextmanager
-def uncapped_slabs():
-    """The forward model with no cap on the slab width (the header as it is)."""
-    saved = slice_profile.SLAB_MAX_OF_SPACING, acquisition_fit.SLAB_MAX_OF_SPACING
-    slice_profile.SLAB_MAX_OF_SPACING = acquisition_fit.SLAB_MAX_OF_SPACING = np.inf
+def slab_model(cap: float | None = None, scale: float | None = None):
+    """The forward model with another cap on the slab width (x the spacing) and another
+    modelled FWHM (x the header's thickness) than the app's."""
+    saved = (slice_profile.SLAB_MAX_OF_SPACING, acquisition_fit.SLAB_MAX_OF_SPACING,
+             slice_profile.SLAB_FWHM_OF_THICKNESS)
+    if cap is not None:
+        slice_profile.SLAB_MAX_OF_SPACING = acquisition_fit.SLAB_MAX_OF_SPACING = cap
+    if scale is not None:
+        slice_profile.SLAB_FWHM_OF_THICKNESS = scale
     try:
         yield
     finally:
-        slice_profile.SLAB_MAX_OF_SPACING, acquisition_fit.SLAB_MAX_OF_SPACING = saved
+        (slice_profile.SLAB_MAX_OF_SPACING, acquisition_fit.SLAB_MAX_OF_SPACING,
+         slice_profile.SLAB_FWHM_OF_THICKNESS) = saved
 
 
 def true_fwhm(spec) -> float | None:
@@ -152,9 +159,13 @@ def run_row(row: Acquisition, seed: int, case, methods: list[str], threads: int)
         alt = super_resolve(stacks, SRConfig(seed=seed, threads=threads, learn_profile=False), grid=grid)
         out["methods"]["fixed-profile"] = scores(alt.volumes, truth, mask, thick)
     if "uncapped" in methods:
-        with uncapped_slabs():
+        with slab_model(cap=np.inf):
             alt = super_resolve(stacks, SRConfig(seed=seed, threads=threads), grid=grid)
         out["methods"]["uncapped"] = scores(alt.volumes, truth, mask, thick)
+    for method in (m for m in methods if m.startswith("slab=")):
+        with slab_model(scale=float(method.split("=")[1])):
+            alt = super_resolve(stacks, SRConfig(seed=seed, threads=threads), grid=grid)
+        out["methods"][method] = scores(alt.volumes, truth, mask, thick)
     if "fixed-pose" in methods and moved:
         alt = super_resolve(stacks, SRConfig(seed=seed, threads=threads, refine_registration=False),
                             grid=grid)
@@ -192,7 +203,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--rows", default=None, help="comma-separated row numbers (default: all)")
     p.add_argument("--methods", default="previous,fixed-pose",
-                   help="refits beside the default (previous, fixed-profile, fixed-pose, uncapped)")
+                   help="refits beside the default (previous, fixed-profile, fixed-pose, uncapped, slab=X)")
     p.add_argument("--method-seeds", default="0",
                    help="seeds of the refits beside the default (CPU budget)")
     p.add_argument("--crop", default="64,80,64", help="truth crop (voxels of 1 mm)")

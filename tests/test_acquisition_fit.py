@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from bids_mcsr.acquisition.slice_profile import SLAB_MAX_OF_SPACING, slab_fwhm
+from bids_mcsr.acquisition.slice_profile import SLAB_FWHM_OF_THICKNESS, SLAB_MAX_OF_SPACING, slab_fwhm
 from bids_mcsr.inr.acquisition_fit import StackAcquisition, profile_bounds
 from bids_mcsr.image.geometry import CoordinateFrame
 from bids_mcsr.image.io import Stack
@@ -23,7 +23,7 @@ def test_widths_start_at_the_header_within_physical_bounds():
     lo, hi = profile_bounds(s[0])
     assert lo == 0.5 and hi == SLAB_MAX_OF_SPACING * 4.0
     acq = StackAcquisition(s, CoordinateFrame.from_stacks(s), [True, True], True, True, 0)
-    assert np.allclose(acq.fwhm_mm().detach().numpy(), [3.0, 4.0], atol=1e-3)
+    assert np.allclose(acq.fwhm_mm().detach().numpy(), [3.0 * SLAB_FWHM_OF_THICKNESS, 4.0 * SLAB_FWHM_OF_THICKNESS], atol=1e-3)
     fixed = StackAcquisition(s, CoordinateFrame.from_stacks(s), [True, False], True, True, 0)
     assert fixed.fwhm_mm().detach().numpy()[1] == 0.0  # point-sampled
     fitted = acq.fitted()
@@ -83,12 +83,14 @@ def test_gradients_reach_width_and_pose_only_when_they_learn():
 
 def test_a_header_thicker_than_the_spacing_is_modelled_at_the_spacing():
     ax, cor = stacks()
-    assert slab_fwhm(ax) == 3.0  # header below the spacing: a gap, kept
-    assert slab_fwhm(cor) == 4.0  # no header: the spacing
+    rect = SLAB_FWHM_OF_THICKNESS
+    assert rect == pytest.approx(0.68, abs=0.005)  # the Gaussian with a rectangle's variance
+    assert slab_fwhm(ax) == pytest.approx(3.0 * rect)  # header below the spacing: a gap, kept
+    assert slab_fwhm(cor) == pytest.approx(4.0 * rect)  # no header: the spacing
     wide = ax.with_affine(ax.affine)
     wide.slice_thickness = 8.0  # header x2
-    assert slab_fwhm(wide) == SLAB_MAX_OF_SPACING * 4.0
+    assert slab_fwhm(wide) == pytest.approx(SLAB_MAX_OF_SPACING * 4.0 * rect)
     acq = StackAcquisition([wide, cor], CoordinateFrame.from_stacks([wide, cor]), [True, True],
                            False, False, 0)
-    assert np.allclose(acq.fwhm_mm().numpy(), [4.0, 4.0], atol=1e-4)
-    assert acq.fitted()[0].fwhm_mm == pytest.approx(4.0, abs=1e-4)
+    assert np.allclose(acq.fwhm_mm().numpy(), [4.0 * rect, 4.0 * rect], atol=1e-4)
+    assert acq.fitted()[0].fwhm_mm == pytest.approx(4.0 * rect, abs=1e-4)

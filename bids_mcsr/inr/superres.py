@@ -12,7 +12,7 @@ import torch
 
 from bids_mcsr.acquisition.backprojection import enforce_consistency
 from bids_mcsr.acquisition.holdout import choose_heldout, pooled_psnr, validate
-from bids_mcsr.acquisition.slice_profile import PROFILES, slab_fwhm
+from bids_mcsr.acquisition.slice_profile import PROFILES, SLAB_MAX_OF_SPACING, slab_fwhm
 from bids_mcsr.image.geometry import (CoordinateFrame, Grid, check_overlap, make_output_grid,
                                       pick_reference, voxel_centres_at)
 from bids_mcsr.image.intensity import IntensityScaler
@@ -25,7 +25,7 @@ from bids_mcsr.inr.device import describe, select_device
 from bids_mcsr.inr.inference import predict_grid
 from bids_mcsr.inr.memory import Estimate, plan_memory
 from bids_mcsr.inr.model import build_model
-from bids_mcsr.inr.presets import ModelSpec, model_spec
+from bids_mcsr.inr.presets import RUN_CHOICES, ModelSpec, model_spec
 from bids_mcsr.inr.result import SRResult
 from bids_mcsr.inr.sampling import TrainingSamples, build_samples, stack_masks_and_scalers
 from bids_mcsr.inr.training import TrainConfig, train
@@ -81,7 +81,10 @@ class _Problem:
 
 
 def _fit_spec(config: SRConfig) -> ModelSpec:
-    spec = model_spec(config.model, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr)
+    """The model's spec with the run's own choices (``config`` resolved) in place of its
+    defaults: the record of what the fit used."""
+    spec = model_spec(config.model, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+                      **{name: getattr(config, name) for name in RUN_CHOICES})
     if config.finest_mm is not None:
         if spec.encoding != "hashgrid":
             raise ValueError(f"finest_mm applies to hash-grid models, not {config.model!r}")
@@ -99,16 +102,18 @@ def _mi_points(region: np.ndarray, grid: Grid, frame: CoordinateFrame, config: S
 
 def _note_capped_headers(stacks: Sequence[Stack]) -> None:
     for s in stacks:
-        if not s.is_isotropic and slab_fwhm(s) < s.thickness:
-            log.warning("%s: SliceThickness %.2f mm is more than the slice spacing; the slab is "
-                        "modelled %.2f mm wide (check the sidecar)", s.name, s.thickness, slab_fwhm(s))
+        spacing = float(s.voxel_sizes[s.through_plane_axis])
+        if not s.is_isotropic and s.thickness > SLAB_MAX_OF_SPACING * spacing:
+            log.warning("%s: SliceThickness %.2f mm is more than the slice spacing %.2f mm; the "
+                        "slab is modelled %.2f mm wide (check the sidecar)", s.name, s.thickness,
+                        spacing, slab_fwhm(s))
 
 
 def _problem(stacks: Sequence[Stack], config: SRConfig, grid: Grid, reference: int) -> _Problem:
     _note_capped_headers(stacks)
     contrasts = contrasts_of(stacks)
     frame = CoordinateFrame.from_stacks(stacks)
-    masks, scalers = stack_masks_and_scalers(stacks)
+    masks, scalers = stack_masks_and_scalers(stacks, config.intensity_scaling)
     held_rng = np.random.default_rng([config.seed, 1])
     heldout = [choose_heldout(s, held_rng, config.holdout_fraction) for s in stacks]
     samples = build_samples(stacks, contrasts, frame, scalers, masks, config.slice_profile,
@@ -139,7 +144,10 @@ def _train(problem: _Problem, config: SRConfig, device: torch.device, progress, 
         log.info("--mem-gb %g: training batches of %d samples instead of %d", config.mem_gb,
                  plan.batch_size, spec.batch_size)
     tcfg = TrainConfig(epochs=spec.epochs, batch_size=plan.batch_size, lr=spec.lr,
-                       background_fraction=config.background_fraction,
+                       adam_betas=spec.adam_betas, adam_eps=spec.adam_eps, schedule=spec.schedule,
+                       lr_floor=spec.lr_floor, drop_last=spec.drop_last,
+                       min_steps_per_epoch=spec.min_steps_per_epoch,
+                       background_fraction=spec.background_fraction,
                        mi_stopping=config.mi_stopping, seed=config.seed,
                        max_seconds=config.max_train_seconds,
                        compile=use_compile(config.compile, len(samples) * samples.n_profile * spec.epochs))
@@ -182,7 +190,8 @@ def _settings(config: SRConfig, problem: _Problem, tcfg: TrainConfig, stacks: Se
               reference: int) -> dict:
     return {"model": problem.spec.to_dict(), "slice_profile": config.slice_profile,
             "profile_samples": config.profile_samples, "seed": config.seed,
-            "background_fraction": config.background_fraction, "compiled": tcfg.compile,
+            "background_fraction": config.background_fraction,
+            "intensity_scaling": config.intensity_scaling, "compiled": tcfg.compile,
             "max_train_seconds": config.max_train_seconds,
             "consistency_iterations": config.consistency_iterations,
             "learn_profile": config.learn_profile,
@@ -205,7 +214,8 @@ def super_resolve(stacks: Sequence[Stack], config: SRConfig = SRConfig(), grid: 
         Co-registered stacks (affines already map every stack to the same scanner space).
         One contrast gives a single-contrast INR; several stacks per contrast are allowed.
     config
-        Model and training settings.
+        Model and training settings; unset ones (None) take the model's value
+        (:meth:`SRConfig.resolved`).
     grid
         Output grid; default: isotropic at ``config.output_spacing`` (else the finest
         in-plane spacing) covering all stacks, oriented as the reference stack.
@@ -219,6 +229,7 @@ def super_resolve(stacks: Sequence[Stack], config: SRConfig = SRConfig(), grid: 
     """
     if not stacks:
         raise ValueError("super_resolve needs at least one stack")
+    config = config.resolved()
     if config.slice_profile not in PROFILES:
         raise ValueError(f"unknown slice profile {config.slice_profile!r}; choose from {PROFILES}")
     t0 = time.perf_counter()
