@@ -10,10 +10,13 @@ directory, and sends its outcome to the parent: None, or the failed step and its
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
 import shutil
+import signal
+import sys
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -28,6 +31,7 @@ from bids_mcsr.dataset.derivatives import stage_unit
 from bids_mcsr.dataset.units import SubjectSession
 
 log = logging.getLogger("bids_mcsr")
+PR_SET_PDEATHSIG = 1  # prctl(2) option
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ def unit_main(job: UnitJob, outcome: Connection) -> None:
         Receives None on success, else ``(step, message)``.
     """
     os.setpgid(0, 0)
+    _die_with_parent()
     default_signal_actions()
     setup_logging(job.logfile, job.config.verbose, unit=job.unit.name)
     try:
@@ -79,6 +84,13 @@ def unit_main(job: UnitJob, outcome: Connection) -> None:
         outcome.send(None)
     finally:
         outcome.close()
+
+
+def _die_with_parent() -> None:
+    """Have the kernel SIGKILL this process if its parent dies first (Linux): a run killed
+    outright leaves no unit running on."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def run_workflow(job: UnitJob) -> dict:
@@ -120,7 +132,9 @@ def _plugin(grant: Grant):
 
     if grant.cpus <= 1:
         return LinearPlugin(plugin_args={})
-    args = {"n_procs": grant.cpus, "raise_insufficient": False}
+    # forked workers inherit the unit's logging set-up and imports (this spawned process
+    # would otherwise spawn them too, each starting from scratch)
+    args = {"n_procs": grant.cpus, "raise_insufficient": False, "mp_context": "fork"}
     if grant.mem_gb:
         args["memory_gb"] = grant.mem_gb
     return MultiProcPlugin(plugin_args=args)
