@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bids_mcsr.dataset.derivatives import stage_unit, write_failure
+from bids_mcsr.dataset.derivatives import acquired_as, stage_unit, write_failure
 from bids_mcsr.dataset.description import BIDSIGNORE, dataset_description, init_output_dataset
 from bids_mcsr.dataset.files import atomic_path, atomic_write
 from bids_mcsr.dataset.naming import res_label
@@ -121,11 +121,34 @@ def test_staged_unit_names_and_sidecars(tmp_path, raw, unit):
     assert sidecar["Resolution"].startswith("1x1x1 mm")
     assert (sidecar["Seed"], sidecar["EpochsRun"], sidecar["FinalMI"]) == (3, 2, 0.7)
     assert {"Model", "ModelSettings", "RuntimeSeconds", "Device"} <= set(sidecar)
+    assert "Acquired" not in sidecar  # the result records no acquisition
     qc = json.loads((out / "sub-01/ses-a/qc/sub-01_ses-a_desc-qc.json").read_text())
     assert qc["status"] == "ok" and qc["contrasts"] == ["T1w", "T2w"]
     assert qc["per_contrast"]["T2w"]["final_loss"] == 0.2
     curves = (out / "sub-01/ses-a/qc/sub-01_ses-a_desc-training_curves.tsv").read_text()
     assert curves.splitlines()[0] == "epoch\tloss_T1w\tloss_T2w\tmi\tseconds"
+
+
+def test_sidecars_say_which_contrast_came_from_a_3d_acquisition(tmp_path, unit):
+    sr, result, transforms = _fit_outputs(tmp_path / "fit")
+    result["acquisition"] = [{"contrast": "T1w", "isotropic": True},
+                             {"contrast": "T2w", "isotropic": False}]
+    stage_unit(tmp_path / "staged", unit, sr, result, transforms, "T1w", OPTIONS)
+    anat = tmp_path / "staged" / "sub-01" / "ses-a" / "anat"
+    t1 = json.loads((anat / "sub-01_ses-a_res-1mm_desc-sr_T1w.json").read_text())
+    t2 = json.loads((anat / "sub-01_ses-a_res-1mm_desc-sr_T2w.json").read_text())
+    assert t1["Acquired"] == "3D" and "acquired 3D" in t1["Description"]
+    assert "not super-resolved" in t1["Description"]
+    assert t2["Acquired"] == "thick 2D" and "super-resolved jointly" in t2["Description"]
+
+
+@pytest.mark.parametrize("kinds, expected", [((True,), "3D"), ((False, False), "thick 2D"),
+                                             ((True, False), "3D and thick 2D"),
+                                             ((True, None), None), ((), None)])
+def test_acquired_as(kinds, expected):
+    result = {"acquisition": [{"contrast": "T1w", "isotropic": k} for k in kinds]
+              + [{"contrast": "T2w", "isotropic": True}]}
+    assert acquired_as(result, "T1w") == expected
 
 
 class _Stop(BaseException):

@@ -16,8 +16,9 @@ from bids_mcsr.dataset.naming import qc_path
 from bids_mcsr.qc.flags import misaligned, verdict
 from bids_mcsr.qc.measures import (alignment_check, data_consistency, mi_convergence,
                                    result_dict, sharpness, subject_metrics)
-from bids_mcsr.qc.records import curves_tsv, mi_rule_epoch, qc_record
+from bids_mcsr.qc.records import curves_tsv, mi_rule_epoch, qc_record, stack_rows
 from bids_mcsr.reports.subject import write_subject_report, write_subject_report_from_files
+from bids_mcsr.reports.subject_page import acquisition_table
 from report_synth import CHROMIUM, SHAPE, browser_dom, fake_fit, fake_result, phantom, stacks_of
 
 BROKEN = {"gain_db": {"T2w": -1.0}, "shift_mm": {"T2w": 10.0}, "noise_percent": {"T2w": 19.4},
@@ -114,7 +115,8 @@ def test_write_subject_report(tmp_path, subject):
                    "pose shift (mm)", "noise (%)", "held-out SR PSNR (dB)",
                    "held-out cubic PSNR (dB)"):
         assert header in acquisition
-    assert "<td>sub-01_T1w.nii.gz</td><td>T1w</td><td>6</td><td>6</td><td>5.7</td>" in acquisition
+    assert ("<td>sub-01_T1w.nii.gz</td><td>T1w</td><td>thick 2D</td><td>6</td><td>6</td>"
+            "<td>5.7</td>") in acquisition
     assert acquisition.count("<td>32</td><td>30.5</td><td>1.5</td>") == 2
     # a healthy run: nothing red, no convergence alarm, data consistency demoted below
     assert 'class="flag"' not in text and "NOT converged" not in text
@@ -290,3 +292,13 @@ def test_alignment_check_sees_a_displaced_stack(subject, shift, axis, flagged):
     if flagged:  # the better copy goes back towards the true place
         assert np.sign(check["offset_mm"][axis]) == -np.sign(shift)
     assert check["voxels"] > 1000
+
+
+def test_acquisition_table_says_which_stacks_were_thick_2d_and_which_3d(subject):
+    fit = fake_fit(subject[2])
+    fit["acquisition"][0]["isotropic"] = True
+    html = acquisition_table({"stacks": stack_rows(fit)})
+    assert "<td>sub-01_T1w.nii.gz</td><td>T1w</td><td>3D</td>" in html
+    assert "<td>sub-01_T2w.nii.gz</td><td>T2w</td><td>thick 2D</td>" in html
+    del fit["acquisition"][1]["isotropic"]  # a record from before the field
+    assert "<td>T2w</td><td>n/a</td>" in acquisition_table({"stacks": stack_rows(fit)})

@@ -42,6 +42,28 @@ def _fit_metadata(result: dict, options: dict, reference_source: str) -> dict:
     }
 
 
+def acquired_as(result: dict, contrast: str) -> str | None:
+    """How ``contrast``'s stacks were acquired, from the fit's per-stack ``acquisition``
+    records: ``"3D"``, ``"thick 2D"`` or ``"3D and thick 2D"``; None when unrecorded."""
+    kinds = {a.get("isotropic") for a in result.get("acquisition") or []
+             if a.get("contrast") == contrast}
+    if not kinds or None in kinds:
+        return None
+    return {frozenset({True}): "3D", frozenset({False}): "thick 2D"}.get(frozenset(kinds),
+                                                                         "3D and thick 2D")
+
+
+def sr_description(contrast: str, acquired: str | None) -> str:
+    """The sidecar ``Description`` of a contrast's output, saying whether it comes from a 3D
+    acquisition (then the fit is resampled onto the grid, not super-resolved)."""
+    if acquired == "3D":
+        return (f"{contrast} acquired 3D (isotropic): fitted jointly with all listed stacks by a "
+                "multi-contrast implicit neural representation (its voxels as point samples) "
+                "and resampled onto the output grid, not super-resolved from thick slices")
+    return (f"{contrast} super-resolved jointly from all listed stacks with a multi-contrast "
+            "implicit neural representation")
+
+
 def _stage_images(out: Path, unit: SubjectSession, sr: dict, result: dict,
                   reference: str, options: dict) -> None:
     """Copy the volumes and the mask into ``out`` and write their sidecars."""
@@ -54,9 +76,10 @@ def _stage_images(out: Path, unit: SubjectSession, sr: dict, result: dict,
     for contrast, volume in sr["volumes"].items():
         dest = out / sr_name(unit, contrast, res)
         shutil.copyfile(volume, dest)
-        write_json(_sidecar(dest), {
-            "Description": f"{contrast} super-resolved jointly from all listed stacks with a "
-                           "multi-contrast implicit neural representation", **common, **fit})
+        acquired = acquired_as(result, contrast)
+        write_json(_sidecar(dest), {"Description": sr_description(contrast, acquired),
+                                    **({"Acquired": acquired} if acquired else {}),
+                                    **common, **fit})
     mask = out / f"{unit.name}_res-{res}_desc-foreground_mask.nii.gz"
     shutil.copyfile(sr["mask"], mask)
     write_json(_sidecar(mask), {"Description": "Foreground of the input stacks on the "

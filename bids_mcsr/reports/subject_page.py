@@ -97,20 +97,29 @@ def alignment_text(check: dict | None) -> str:
     return f"best in place (MI {check['mi_in_place']:.3f} nats; {check['mi_moved']:.3f} {where})"
 
 
+def acquisition_kind(isotropic: bool | None) -> str:
+    """How a stack was acquired, as the acquisition table says it."""
+    return {True: "3D", False: "thick 2D"}.get(isotropic, "n/a")
+
+
 def acquisition_table(record: dict) -> str:
-    """One row per stack: header thickness, spacing, fitted profile and pose, noise and the
-    held-out scores."""
-    rows = [(s["name"], s["contrast"], s["header_thickness_mm"], s["spacing_mm"],
+    """One row per stack: 3D or thick 2D, header thickness, spacing, fitted profile and pose,
+    noise and the held-out scores."""
+    rows = [(s["name"], s["contrast"], acquisition_kind(s.get("isotropic")),
+             s["header_thickness_mm"], s["spacing_mm"],
              s["fitted_fwhm_mm"], s["pose_shift_mm"], s["pose_rotation_deg"],
              s["noise_percent"], ", ".join(str(k) for k in s["heldout_slices"]) or "none",
              s["heldout_sr_psnr"], s["heldout_cubic_psnr"], s["heldout_gain_db"],
              alignment_text(s.get("alignment")))
             for s in record.get("stacks", [])]
-    return (table(["stack", "contrast", "header SliceThickness (mm)", "slice spacing (mm)",
-                   "fitted FWHM (mm)", "pose shift (mm)", "pose rotation (°)", "noise (%)",
-                   "held-out slices", "held-out SR PSNR (dB)", "held-out cubic PSNR (dB)",
-                   "gain (dB)", "alignment check"], rows)
-            + paragraph("Held-out slices were withheld from training and back-projection; "
+    return (table(["stack", "contrast", "acquired", "header SliceThickness (mm)",
+                   "slice spacing (mm)", "fitted FWHM (mm)", "pose shift (mm)",
+                   "pose rotation (°)", "noise (%)", "held-out slices", "held-out SR PSNR (dB)",
+                   "held-out cubic PSNR (dB)", "gain (dB)", "alignment check"], rows)
+            + paragraph("Acquired: thick 2D stacks are modelled as slabs of the fitted "
+                        "width; a 3D (isotropic) stack as point samples, the anatomical guide "
+                        "of the thick ones. "
+                        "Held-out slices were withheld from training and back-projection; "
                         "the SR output re-simulates them through the stack's fitted "
                         "acquisition model, and cubic B-spline interpolation predicts them "
                         "from the stack's other slices. Fitted FWHM: the slice-profile width "
