@@ -14,8 +14,7 @@ from pathlib import Path
 from bids_mcsr.about import NAME, get_version
 from bids_mcsr.dataset.entities import CONTRAST_HELP, bids_name, split_contrast
 from bids_mcsr.dataset.filters import load_filters
-from bids_mcsr.acquisition.backprojection import DEFAULT_CONSISTENCY_ITERATIONS
-from bids_mcsr.acquisition.holdout import HOLDOUT_FRACTION
+from bids_mcsr.inr.presets import PRESETS, run_choices
 from bids_mcsr.dataset.files import atomic_write
 from bids_mcsr.errors import InputError
 
@@ -48,6 +47,11 @@ def _positive_float(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
     return value
+
+
+def _by_model(option: str) -> str:
+    """Each model's default of ``option``, for the help text."""
+    return ", ".join(f"{name}: {getattr(spec, option)}" for name, spec in PRESETS.items())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,12 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--registration", choices=["rigid", "none"], default="rigid")
     sr.add_argument("--model", choices=["fast", "paper"], default="fast")
     sr.add_argument("--slice-profile", choices=["none", "gaussian", "boxcar"],
-                    default="gaussian")
+                    help=f"default: the model's ({_by_model('slice_profile')})")
     sr.add_argument("--consistency-iterations", type=_non_negative_int, metavar="N",
-                    default=DEFAULT_CONSISTENCY_ITERATIONS,
                     help="rounds of back-projecting the stacks' residuals into the outputs, "
                     "each weighted down to the stack's estimated noise floor "
-                    f"(0: off; default {DEFAULT_CONSISTENCY_ITERATIONS})")
+                    f"(0: off; default: the model's, {_by_model('consistency_iterations')})")
     sr.add_argument("--profile-fit", action="store_true",
                     help="fit each stack's slice-profile width (from its header value: "
                     "SliceThickness, else the slice spacing) on held-out slices; helps where "
@@ -122,9 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--pose-fit", action="store_true",
                     help="refine each stack's rigid pose (on top of registration) during the fit")
     sr.add_argument("--holdout-fraction", type=_holdout_fraction, metavar="F",
-                    default=HOLDOUT_FRACTION,
                     help="share of each thick-slice stack's slices withheld to validate the "
-                    f"fit (at least 2 per stack; 0: none; default {HOLDOUT_FRACTION})")
+                    "fit (at least 2 per stack; 0: none; default: the model's, "
+                    f"{_by_model('holdout_fraction')})")
     sr.add_argument("--epochs", type=_positive_int, help="default: the model's own")
     sr.add_argument("--seed", type=int, default=0)
 
@@ -213,7 +216,8 @@ def validate(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> argpa
     -------
     argparse.Namespace
         The options with absolute paths, stripped labels, contrast keys in their canonical
-        spelling and ``filters`` (dict).
+        spelling, ``filters`` (dict), and the model's slice profile, back-projection rounds
+        and held-out share where not given.
     """
     try:
         opts.contrasts = opts.contrasts and [bids_name(*split_contrast(c)) for c in opts.contrasts]
@@ -256,6 +260,9 @@ def validate(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> argpa
             parser.error(str(err))
     opts.participant_label = _strip(opts.participant_label, "sub-")
     opts.session_label = _strip(opts.session_label, "ses-")
+    vars(opts).update(run_choices(opts.model, slice_profile=opts.slice_profile,
+                                  consistency_iterations=opts.consistency_iterations,
+                                  holdout_fraction=opts.holdout_fraction))
     return opts
 
 

@@ -1,4 +1,5 @@
-"""Foreground masks and robust intensity normalisation from the low-resolution inputs."""
+"""Foreground masks and intensity normalisation (robust percentiles, or min-max) from the
+low-resolution inputs."""
 
 from __future__ import annotations
 
@@ -25,19 +26,41 @@ def foreground_mask(data: np.ndarray) -> np.ndarray:
     return mask.astype(bool)
 
 
+SCALINGS = ("percentile", "minmax")
+
+
 @dataclass(frozen=True)
 class IntensityScaler:
-    """Affine map of one stack's intensities to roughly [0, 1] and back.
-
-    ``low`` is the 0.5th percentile of all voxels, ``high`` the 99.5th percentile
-    inside the foreground mask.
-    """
+    """Affine map of one stack's intensities to roughly [0, 1] and back (``low`` to 0,
+    ``high`` to 1)."""
 
     low: float
     high: float
 
     @classmethod
-    def fit(cls, data: np.ndarray, mask: np.ndarray) -> "IntensityScaler":
+    def fit(cls, data: np.ndarray, mask: np.ndarray, method: str = "percentile") -> "IntensityScaler":
+        """The scaler of one stack.
+
+        Parameters
+        ----------
+        data : numpy.ndarray
+            The stack's voxels.
+        mask : numpy.ndarray
+            Its foreground (bool, same shape).
+        method : {"percentile", "minmax"}
+            ``"percentile"``: ``low`` the 0.5th percentile of all voxels, ``high`` the 99.5th
+            inside the foreground (robust to a few extreme voxels); ``"minmax"``: the minimum
+            and maximum of all voxels (the published code), to exactly [0, 1].
+
+        Returns
+        -------
+        IntensityScaler
+            ``high > low`` unless the stack is constant.
+        """
+        if method == "minmax":
+            return cls(float(data.min()), float(data.max()))
+        if method != "percentile":
+            raise ValueError(f"unknown intensity scaling {method!r}; choose from {SCALINGS}")
         low = float(np.percentile(data, 0.5))
         fg = data[mask] if mask.any() else data.ravel()
         high = float(np.percentile(fg, 99.5))

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from bids_mcsr.acquisition.backprojection import DEFAULT_CONSISTENCY_ITERATIONS
-from bids_mcsr.acquisition.holdout import HOLDOUT_FRACTION
 from bids_mcsr.acquisition.slice_profile import PROFILE_SAMPLES
-from bids_mcsr.inr.presets import DEFAULT_MODEL
+from bids_mcsr.inr.presets import DEFAULT_MODEL, RUN_CHOICES, run_choices
 
 
 @dataclass
 class SRConfig:
-    """User-facing settings of :func:`super_resolve` (``None`` = the model's default).
+    """User-facing settings of :func:`super_resolve` (``None`` = the model's default,
+    :func:`bids_mcsr.inr.presets.model_spec`; :meth:`resolved` fills them in).
 
     ``learn_profile``/``refine_registration``: fit each thick stack's slice-profile width /
     rigid pose with the network (off by default: on the robustness benchmark they win where
@@ -23,7 +22,7 @@ class SRConfig:
     """
 
     model: str = DEFAULT_MODEL
-    slice_profile: str = "gaussian"
+    slice_profile: str | None = None
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
@@ -34,13 +33,27 @@ class SRConfig:
     output_spacing: float | None = None
     mem_gb: float | None = None
     profile_samples: int = PROFILE_SAMPLES
-    background_fraction: float = 0.2
+    background_fraction: float | None = None
+    intensity_scaling: str | None = None
     mi_points: int = 20000
     compile: bool | None = None
     max_train_seconds: float | None = None
     finest_mm: float | None = None
-    consistency_iterations: int = DEFAULT_CONSISTENCY_ITERATIONS
+    consistency_iterations: int | None = None
     learn_profile: bool = False
     refine_registration: bool = False
-    holdout_fraction: float = HOLDOUT_FRACTION
+    holdout_fraction: float | None = None
     keep_network_output: bool = False
+
+    def resolved(self) -> SRConfig:
+        """These settings with every unset per-run choice (slice profile, back-projection
+        rounds, held-out share, background share, intensity scaling) taken from the model.
+
+        Returns
+        -------
+        SRConfig
+            A copy; ``epochs``, ``batch_size`` and ``lr`` stay as given (the model spec
+            fills them in).
+        """
+        given = {name: getattr(self, name) for name in RUN_CHOICES}
+        return replace(self, **run_choices(self.model, **given))

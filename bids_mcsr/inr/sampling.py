@@ -153,7 +153,9 @@ def build_samples(stacks: Sequence[Stack], contrasts: Sequence[str], frame: Coor
     )
 
 
-def stack_masks_and_scalers(stacks: Sequence[Stack]) -> tuple[list[np.ndarray], list[IntensityScaler]]:
-    """Foreground mask and intensity scaler of every stack, from its own voxels."""
+def stack_masks_and_scalers(stacks: Sequence[Stack], scaling: str = "percentile"
+                            ) -> tuple[list[np.ndarray], list[IntensityScaler]]:
+    """Foreground mask and intensity scaler (``scaling``: see
+    :meth:`~bids_mcsr.image.intensity.IntensityScaler.fit`) of every stack, from its own voxels."""
     masks = [foreground_mask(s.data) for s in stacks]
-    return masks, [IntensityScaler.fit(s.data, m) for s, m in zip(stacks, masks)]
+    return masks, [IntensityScaler.fit(s.data, m, scaling) for s, m in zip(stacks, masks)]

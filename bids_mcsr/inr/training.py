@@ -18,17 +18,21 @@ from bids_mcsr.inr.presets import DEFAULT_MODEL, MI_MIN_EPOCHS, MI_TOLERANCE_NAT
 from bids_mcsr.inr.sampling import TrainingSamples
 
 log = logging.getLogger("bids_mcsr")
+SCHEDULES = ("per-step", "per-epoch")
 
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings.
+    """Optimisation settings (defaults: the default model's,
+    :data:`~bids_mcsr.inr.presets.PRESETS`; see :class:`~bids_mcsr.inr.presets.ModelSpec`).
 
     ``background_fraction`` of the background voxels join each epoch (all foreground
-    voxels do). MI early stopping needs at least ``min_epochs`` and stops when
+    voxels do). Adam (``adam_betas``, ``adam_eps``) follows a cosine schedule from ``lr`` to
+    ``lr_floor * lr`` over the epochs, stepped per optimiser step or per epoch
+    (``schedule``). ``drop_last``: an epoch's last, smaller batch is not trained on. MI early stopping needs at least ``min_epochs`` and stops when
     :func:`~bids_mcsr.inr.stopping.mi_plateaued` with ``mi_window``/``mi_tolerance``.
     With ``max_seconds`` training stops once that much wall time is spent (mid-epoch if
-    need be) and the cosine learning-rate schedule runs over time instead of steps, so
+    need be) and the cosine learning-rate schedule runs over time instead, so
     models can be compared at equal time. The stacks' acquisition parameters (slice-profile
     widths, poses) learn at ``width_lr``/``pose_lr`` once ``acquisition_warmup`` epochs have
     fitted the network alone, every ``acquisition_every``-th step: the poses from a training
@@ -40,12 +44,17 @@ class TrainConfig:
     epochs: int = PRESETS[DEFAULT_MODEL].epochs
     batch_size: int = PRESETS[DEFAULT_MODEL].batch_size
     lr: float = PRESETS[DEFAULT_MODEL].lr
-    background_fraction: float = 0.2
+    adam_betas: tuple[float, float] = PRESETS[DEFAULT_MODEL].adam_betas
+    adam_eps: float = PRESETS[DEFAULT_MODEL].adam_eps
+    schedule: str = PRESETS[DEFAULT_MODEL].schedule
+    lr_floor: float = PRESETS[DEFAULT_MODEL].lr_floor
+    drop_last: bool = PRESETS[DEFAULT_MODEL].drop_last
+    background_fraction: float = PRESETS[DEFAULT_MODEL].background_fraction
     mi_stopping: bool = True
     mi_window: int = MI_WINDOW
     mi_tolerance: float = MI_TOLERANCE_NATS
     min_epochs: int = MI_MIN_EPOCHS
-    min_steps_per_epoch: int = 200
+    min_steps_per_epoch: int = PRESETS[DEFAULT_MODEL].min_steps_per_epoch
     compile: bool = False
     seed: int = 0
     max_seconds: float | None = None
@@ -59,6 +68,22 @@ class TrainConfig:
         ``min_steps_per_epoch`` optimiser steps per epoch."""
         batch = min(self.batch_size, max(512, n_epoch_samples // self.min_steps_per_epoch))
         return int(max(1, min(batch, n_epoch_samples)))
+
+    def steps_per_epoch(self, n_epoch_samples: int, batch_size: int) -> int:
+        """Optimiser steps of one epoch: whole batches only with ``drop_last`` (the remainder
+        waits for the next epoch), else the last, smaller batch too."""
+        if self.drop_last:
+            return n_epoch_samples // batch_size
+        return -(-n_epoch_samples // batch_size)
+
+    def scheduler(self, opt: torch.optim.Optimizer,
+                  steps_per_epoch: int) -> torch.optim.lr_scheduler.CosineAnnealingLR:
+        """The cosine schedule over the whole fit, in units of ``schedule``."""
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose from {SCHEDULES}")
+        length = self.epochs * (steps_per_epoch if self.schedule == "per-step" else 1)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=max(1, length), eta_min=self.lr * self.lr_floor)
 
 
 @dataclass
@@ -135,7 +160,7 @@ def _optimiser(model: torch.nn.Module, acquisition: StackAcquisition,
     if acquisition.rotation.requires_grad:
         groups.append({"params": [acquisition.rotation, acquisition.translation],
                        "lr": config.pose_lr})
-    return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
+    return torch.optim.Adam(groups, betas=config.adam_betas, eps=config.adam_eps)
 
 
 def _width_step(model: torch.nn.Module, samples: TrainingSamples, held_idx: np.ndarray,
@@ -175,16 +200,15 @@ def train(model: torch.nn.Module, acquisition: StackAcquisition, samples: Traini
     best_score = np.inf
     n_epoch = samples.n_epoch(config.background_fraction)
     batch_size = config.effective_batch_size(n_epoch)
-    steps_per_epoch = n_epoch // batch_size  # equal batches: the remainder waits for the next epoch
+    steps_per_epoch = config.steps_per_epoch(n_epoch, batch_size)
     forward: Callable[[torch.Tensor], torch.Tensor] = (
         torch.compile(model, dynamic=False) if config.compile else model)
     opt = _optimiser(model, acquisition, config)
     held_idx = samples.heldout_indices()
     width_opt = (torch.optim.Adam([acquisition.log_width], lr=config.width_lr,
-                                  betas=(0.9, 0.99), eps=1e-15)
+                                  betas=config.adam_betas, eps=config.adam_eps)
                  if acquisition.log_width.requires_grad and held_idx.size else None)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-        opt, T_max=max(1, config.epochs * steps_per_epoch), eta_min=config.lr * 0.01)
+    sched = config.scheduler(opt, steps_per_epoch)
     t0 = time.perf_counter()
     out_of_time = False
     for epoch in range(1, config.epochs + 1):
@@ -193,7 +217,7 @@ def train(model: torch.nn.Module, acquisition: StackAcquisition, samples: Traini
         sums = torch.zeros(n_c, device=device)
         counts = torch.zeros(n_c, device=device)
         t_epoch = time.perf_counter()
-        steps_done = 0
+        steps_done = trained = 0
         for step in range(steps_per_epoch):
             if config.max_seconds is not None:
                 spent = (time.perf_counter() - t0) / config.max_seconds
@@ -202,7 +226,7 @@ def train(model: torch.nn.Module, acquisition: StackAcquisition, samples: Traini
                     break
                 for group in opt.param_groups:
                     group["lr"] = group["initial_lr"] * (
-                        0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * spent)))
+                        config.lr_floor + (1 - config.lr_floor) * 0.5 * (1 + math.cos(math.pi * spent)))
             idx = order[step * batch_size:(step + 1) * batch_size]
             learning = epoch > config.acquisition_warmup
             learn = ("pose" if learning and acquisition.rotation.requires_grad
@@ -223,13 +247,16 @@ def train(model: torch.nn.Module, acquisition: StackAcquisition, samples: Traini
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()  # Adam leaves the acquisition parameters alone when they got no gradient
-            if config.max_seconds is None:
+            if config.max_seconds is None and config.schedule == "per-step":
                 sched.step()
             sums += s
             counts += n
             steps_done += 1
+            trained += idx.shape[0]
         if out_of_time and steps_done == 0:
             break
+        if config.max_seconds is None and config.schedule == "per-epoch":
+            sched.step()
         model.eval()
         per_c = (sums / counts.clamp(min=1)).cpu().numpy()
         for name, value in zip(contrasts, per_c):
@@ -247,7 +274,7 @@ def train(model: torch.nn.Module, acquisition: StackAcquisition, samples: Traini
         hist.epoch.append(epoch)
         hist.mi.append(mi)
         hist.seconds.append(time.perf_counter() - t0)
-        n_points = steps_done * batch_size * samples.n_profile
+        n_points = trained * samples.n_profile
         info = {"epoch": epoch, "epochs": config.epochs,
                 "loss": {c: float(v) for c, v in zip(contrasts, per_c)}, "mi": mi,
                 "seconds": hist.seconds[-1],
