@@ -29,7 +29,7 @@ class SRConfig:
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
-    mi_stopping: bool = True
+    mi_stopping: bool | None = None
     output_spacing: float | None = None
     mem_gb: float | None = None
     profile_samples: int = PROFILE_SAMPLES
@@ -47,7 +47,7 @@ class SRConfig:
 
     def resolved(self) -> SRConfig:
         """These settings with every unset per-run choice (slice profile, back-projection
-        rounds, held-out share, background share, intensity scaling) taken from the model.
+        rounds, held-out share, background share, intensity scaling, MI stopping) taken from the model.
 
         Returns
         -------
