@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from bids_mcsr.acquisition.slice_profile import SLAB_FWHM_OF_THICKNESS
 from bids_mcsr.image.geometry import Grid
 from bids_mcsr.image.metrics import resample_to_grid
 from bids_mcsr.dataset.naming import qc_path
@@ -265,7 +266,7 @@ def test_qc_record_carries_the_quality_numbers(subject):
     assert t2["consistency_rounds"] == 2 and t2["heldout_voxels"] == 900
     assert t2["pose_shift_max_mm"] == pytest.approx(10.0)
     assert t2["noise_percent_max"] == pytest.approx(19.4)
-    assert t2["fwhm_ratio"] == pytest.approx(2.85) and t2["fwhm_header_mm"] == 2.0
+    assert t2["fwhm_ratio"] == pytest.approx(2.85 / SLAB_FWHM_OF_THICKNESS) and t2["fwhm_header_mm"] == 2.0
     assert record["per_contrast"]["T1w"]["verdict"] == "better"
     assert [r["name"] for r in record["stacks"]] == ["sub-01_T1w.nii.gz", "sub-01_T2w.nii.gz"]
     assert record["stacks"][1]["heldout_gain_db"] == pytest.approx(-1.0)

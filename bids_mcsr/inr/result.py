@@ -13,7 +13,7 @@ import numpy as np
 from bids_mcsr.image.geometry import Grid
 
 RESULT_KEYS = ("contrasts", "history", "stopped_epoch", "epochs_run", "final_mi", "runtime_s",
-               "device", "settings", "acquisition", "validation")
+               "device", "settings", "acquisition", "validation", "timings")
 
 
 @dataclass
@@ -101,4 +101,4 @@ def load_result(files: dict) -> SRResult:
     volumes = {c: np.asarray(nib.load(files["volumes"][c]).dataobj, np.float32)
                for c in meta["contrasts"]}
     return SRResult(volumes=volumes, grid=grid, mask=np.asarray(mask_img.dataobj, np.uint8),
-                    **{key: meta[key] for key in RESULT_KEYS})
+                    **{key: meta[key] for key in RESULT_KEYS if key in meta})

@@ -157,13 +157,14 @@ def _train(problem: _Problem, config: SRConfig, device: torch.device, progress, 
 
 
 def _to_volumes(pred: np.ndarray, stacks: Sequence[Stack], problem: _Problem, noise: list[float],
-                config: SRConfig) -> tuple[dict, dict, dict]:
+                config: SRConfig) -> tuple[dict, dict, dict, float]:
     """Each contrast in the intensity scale of its first stack, scored on the held-out slices
     (back-projection without them), then made to reproduce all of the contrast's stacks
-    (in the same scale) down to their noise floor."""
+    (in the same scale) down to their noise floor; the last value is the seconds spent
+    scoring."""
     fitted = problem.acquisition.fitted()
     as_fitted = [f.apply(s) for f, s in zip(fitted, stacks)]
-    volumes, validation, network_volumes = {}, {}, {}
+    volumes, validation, network_volumes, scoring_s = {}, {}, {}, 0.0
     for i, c in enumerate(problem.contrasts):
         own = [k for k, s in enumerate(stacks) if s.contrast == c]
         first = problem.scalers[own[0]]
@@ -174,16 +175,18 @@ def _to_volumes(pred: np.ndarray, stacks: Sequence[Stack], problem: _Problem, no
         network = first.inverse(pred[i])
         if config.keep_network_output:
             network_volumes[c] = network
+        t0 = time.perf_counter()
         errors, curve = validate(network, problem.grid, scaled, [problem.heldout[k] for k in own],
                                  own_masks, config.slice_profile, config.consistency_iterations,
                                  config.profile_samples, sigmas)
+        scoring_s += time.perf_counter() - t0
         validation[c] = heldout_summary(errors, span, config.consistency_iterations, curve)
         validation[c]["stacks"] = [heldout_summary([e], span) for e in errors]  # in stack order
         volumes[c] = enforce_consistency(network, problem.grid, scaled, config.slice_profile,
                                          config.consistency_iterations, config.profile_samples,
                                          noise=sigmas, masks=own_masks)
         log.info("%s: held-out slices %s", c, describe_gain(validation[c]))
-    return volumes, validation, network_volumes
+    return volumes, validation, network_volumes, scoring_s
 
 
 def _settings(config: SRConfig, problem: _Problem, tcfg: TrainConfig, stacks: Sequence[Stack],
@@ -248,10 +251,11 @@ def super_resolve(stacks: Sequence[Stack], config: SRConfig = SRConfig(), grid: 
     pred = predict_grid(model, problem.frame, grid, device, plan.chunk)
     t_consistency = time.perf_counter()
     noise = [estimate_noise(s) for s in stacks]
-    volumes, validation, network_volumes = _to_volumes(pred, stacks, problem, noise, config)
+    volumes, validation, network_volumes, scoring_s = _to_volumes(pred, stacks, problem, noise, config)
     t_end = time.perf_counter()
     timings = {"setup_s": t_train - t0, "training_s": t_infer - t_train,
-               "inference_s": t_consistency - t_infer, "consistency_s": t_end - t_consistency}
+               "inference_s": t_consistency - t_infer, "consistency_s": t_end - t_consistency,
+               "heldout_scoring_s": scoring_s}
     fitted = problem.acquisition.fitted()
     acquisition_report = [describe_acquisition(s, f, h, problem.scalers[k], noise[k])
                           for k, (s, f, h) in enumerate(zip(stacks, fitted, problem.heldout))]

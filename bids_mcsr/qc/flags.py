@@ -14,14 +14,17 @@ call them:
   stack moved by :data:`ALIGNMENT_STEP_MM` along a world axis than where it is;
 * the noise level of each stack, a problem above :data:`NOISE_PERCENT_MAX` percent of the
   stack's intensity range;
-* the slice profile: the fitted FWHM against the header's ``SliceThickness``, a problem when
-  they differ by more than a factor :data:`FWHM_RATIO_MAX`.
+* the slice profile: the FWHM the fit used against the one the header's ``SliceThickness``
+  implies (:func:`fwhm_ratio`), a problem when they differ by more than a factor
+  :data:`FWHM_RATIO_MAX` (a header thicker than the spacing, a learned width far off).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+
+from bids_mcsr.acquisition.slice_profile import SLAB_FWHM_OF_THICKNESS
 
 GAIN_MARGIN_DB = 0.2
 POSE_SHIFT_MAX_MM = 3.0
@@ -86,10 +89,12 @@ def misaligned(check: dict | None) -> bool:
 
 
 def fwhm_ratio(fitted_mm: float | None, header_mm: float | None) -> float | None:
-    """Fitted slice-profile FWHM over the header's SliceThickness (None if either is unknown)."""
+    """The slab FWHM the fit used over the one the header's SliceThickness implies
+    (:data:`~bids_mcsr.acquisition.slice_profile.SLAB_FWHM_OF_THICKNESS` x thickness): 1 when
+    the header was taken as it is; None if either is unknown."""
     if not (known(fitted_mm) and known(header_mm)) or header_mm <= 0:
         return None
-    return float(fitted_mm / header_mm)
+    return float(fitted_mm / (SLAB_FWHM_OF_THICKNESS * header_mm))
 
 
 def profile_problem(ratio: float | None) -> bool:

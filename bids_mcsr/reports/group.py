@@ -27,7 +27,6 @@ from bids_mcsr.reports.html import page, paragraph, section, strip_plot_svg, tab
 MAD_TO_SIGMA = 1.4826
 OUTLIER_SIGMAS = 3.0
 MIN_FOR_OUTLIERS = 4
-SHARPNESS_MIN = 0.5
 QUALITY = ("heldout_gain_db", "heldout_sr_psnr", "heldout_cubic_psnr", "heldout_voxels",
            "consistency_rounds", "pose_shift_max_mm", "pose_rotation_max_deg",
            "noise_percent_max", "fwhm_fitted_mm", "fwhm_header_mm", "fwhm_ratio",
@@ -196,9 +195,6 @@ def flag_rows(df: pd.DataFrame) -> pd.DataFrame:
         row = {k: (None if pd.isna(v) else v) for k, v in df.loc[idx].items()}
         for reason in quality_flags(row):
             flags.append({"name": row["name"], "contrast": row["contrast"], "reason": reason})
-    add(pd.to_numeric(df["sharpness_ratio"], errors="coerce") < SHARPNESS_MIN,
-        lambda r: f"blurred through-plane: sharpness ratio {r['sharpness_ratio']:.2f} "
-                  f"< {SHARPNESS_MIN:g}")
     for metric, (side, floor) in OUTLIER_METRICS.items():
         for _, group in df[ok].groupby("contrast"):
             values = pd.to_numeric(group[metric], errors="coerce").to_numpy(float)
@@ -242,7 +238,7 @@ def render_group(df: pd.DataFrame, flags: pd.DataFrame, missing: list[str],
         f"stack matches the reference better moved by {ALIGNMENT_STEP_MM:g} mm; when "
         f"a stack's noise exceeds {NOISE_PERCENT_MAX:g} % of its intensity range; when the "
         f"fitted slice-profile FWHM and the header's SliceThickness differ by more than a "
-        f"factor {FWHM_RATIO_MAX:g}; when the sharpness ratio is below {SHARPNESS_MIN:g}; or "
+        f"factor {FWHM_RATIO_MAX:g}; or "
         f"when a metric is a robust outlier on its bad side among the same contrast "
         f"(more than {OUTLIER_SIGMAS:g} x 1.4826 x MAD from the median, at least "
         f"{MIN_FOR_OUTLIERS} subjects).")
