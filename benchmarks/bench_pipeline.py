@@ -34,17 +34,17 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from bids_mcsr.acquisition.simulate import simulate_stack
+from bids_mcsr.evaluation.phantom import mni_truth
 from bids_mcsr.image.geometry import CoordinateFrame, Grid, voxel_centres_at
 from bids_mcsr.image.io import Stack
 from bids_mcsr.image.metrics import cubic_baseline, psnr, ssim
-from bids_mcsr.inr.inference import predict_points
-from bids_mcsr.inr.presets import model_spec
-from bids_mcsr.evaluation.phantom import mni_truth
 from bids_mcsr.image.preprocess import n4_correct, register_rigid
-from bids_mcsr.inr.memory import Estimate, plan_memory
-from bids_mcsr.inr.sampling import profile_points_per_sample
-from bids_mcsr.acquisition.simulate import simulate_stack
 from bids_mcsr.inr.config import SRConfig
+from bids_mcsr.inr.inference import predict_points
+from bids_mcsr.inr.memory import Estimate, plan_memory
+from bids_mcsr.inr.presets import model_spec
+from bids_mcsr.inr.sampling import profile_points_per_sample
 from bids_mcsr.inr.superres import super_resolve
 
 

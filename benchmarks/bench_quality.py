@@ -35,10 +35,10 @@ from cases import load_case  # noqa: E402
 
 from bids_mcsr.acquisition.backprojection import DEFAULT_CONSISTENCY_ITERATIONS, enforce_consistency  # noqa: E402
 from bids_mcsr.image.geometry import CoordinateFrame, voxel_centres  # noqa: E402
-from bids_mcsr.inr.inference import predict_points  # noqa: E402
 from bids_mcsr.image.metrics import cubic_baseline, mutual_information, psnr, ssim  # noqa: E402
-from bids_mcsr.inr.stopping import mi_plateaued  # noqa: E402
 from bids_mcsr.inr.config import SRConfig  # noqa: E402
+from bids_mcsr.inr.inference import predict_points  # noqa: E402
+from bids_mcsr.inr.stopping import mi_plateaued  # noqa: E402
 from bids_mcsr.inr.superres import super_resolve  # noqa: E402
 
 

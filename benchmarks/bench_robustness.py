@@ -46,11 +46,11 @@ from acquisitions import THIN_MM, Acquisition, make_stacks, rows  # noqa: E402
 
 from bids_mcsr.acquisition import slice_profile  # noqa: E402
 from bids_mcsr.acquisition.backprojection import enforce_consistency  # noqa: E402
-from bids_mcsr.inr import acquisition_fit  # noqa: E402
+from bids_mcsr.evaluation.phantom import mni_truth  # noqa: E402
 from bids_mcsr.image.geometry import Grid  # noqa: E402
 from bids_mcsr.image.io import Stack  # noqa: E402
 from bids_mcsr.image.metrics import cubic_baseline, psnr, ssim  # noqa: E402
-from bids_mcsr.evaluation.phantom import mni_truth  # noqa: E402
+from bids_mcsr.inr import acquisition_fit  # noqa: E402
 from bids_mcsr.inr.config import SRConfig  # noqa: E402
 from bids_mcsr.inr.superres import super_resolve  # noqa: E402
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from bids_mcsr.acquisition.simulate import simulate_stack
+from bids_mcsr.evaluation.phantom import mni_truth
 from bids_mcsr.image.geometry import Grid
 from bids_mcsr.image.intensity import foreground_mask
 from bids_mcsr.image.io import Stack, load_stack
-from bids_mcsr.evaluation.phantom import mni_truth
-from bids_mcsr.acquisition.simulate import simulate_stack
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -19,7 +19,7 @@ METHODS = ("cubic", "cubic+bp", "previous", "net", "bp3", "default")
 def cell(summary: dict, method: str, contrast: str) -> str:
     if method not in summary or contrast not in summary[method]:
         return "-"
-    (p, dp), (s, ds) = summary[method][contrast]["psnr"], summary[method][contrast]["ssim"]
+    (p, dp), (s, _) = summary[method][contrast]["psnr"], summary[method][contrast]["ssim"]
     spread = f" ±{dp:.2f}" if dp else ""
     return f"{p:.2f}{spread} / {s:.3f}"
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bids_mcsr.errors import InputError
 from bids_mcsr.image.geometry import Grid, check_overlap, make_output_grid, pick_reference
 from bids_mcsr.image.io import Stack, load_stack
 from bids_mcsr.image.preprocess import itk_transform_text, n4_correct, register_rigid, save_stack

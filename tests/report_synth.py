@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from bids_mcsr.acquisition.simulate import simulate_stack
 from bids_mcsr.image.geometry import Grid
 from bids_mcsr.image.io import Stack
-from bids_mcsr.acquisition.simulate import simulate_stack
 from bids_mcsr.inr.result import SRResult
 
 SPACING = 2.0

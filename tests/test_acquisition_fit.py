@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from bids_mcsr.acquisition.slice_profile import SLAB_FWHM_OF_THICKNESS, SLAB_MAX_OF_SPACING, slab_fwhm
-from bids_mcsr.inr.acquisition_fit import StackAcquisition, profile_bounds
 from bids_mcsr.image.geometry import CoordinateFrame
 from bids_mcsr.image.io import Stack
+from bids_mcsr.inr.acquisition_fit import StackAcquisition, profile_bounds
 
 
 def stacks():
@@ -23,7 +23,8 @@ def test_widths_start_at_the_header_within_physical_bounds():
     lo, hi = profile_bounds(s[0])
     assert lo == 0.5 and hi == SLAB_MAX_OF_SPACING * 4.0
     acq = StackAcquisition(s, CoordinateFrame.from_stacks(s), [True, True], True, True, 0)
-    assert np.allclose(acq.fwhm_mm().detach().numpy(), [3.0 * SLAB_FWHM_OF_THICKNESS, 4.0 * SLAB_FWHM_OF_THICKNESS], atol=1e-3)
+    assert np.allclose(acq.fwhm_mm().detach().numpy(),
+                       [3.0 * SLAB_FWHM_OF_THICKNESS, 4.0 * SLAB_FWHM_OF_THICKNESS], atol=1e-3)
     fixed = StackAcquisition(s, CoordinateFrame.from_stacks(s), [True, False], True, True, 0)
     assert fixed.fwhm_mm().detach().numpy()[1] == 0.0  # point-sampled
     fitted = acq.fitted()

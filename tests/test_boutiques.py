@@ -5,10 +5,10 @@ import argparse
 import importlib
 import json
 import shlex
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 boutiques = pytest.importorskip("boutiques", reason="pip install -e '.[test]' installs boutiques")
 from boutiques import bosh  # noqa: E402

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny_bids import tiny_dataset
 
 from bids_mcsr.cli.run import main
-from tiny_bids import tiny_dataset
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,14 +4,19 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bids_mcsr.acquisition.backprojection import back_project, coverage, enforce_consistency, usable_for_back_projection
+from bids_mcsr.acquisition.backprojection import (
+    back_project,
+    coverage,
+    enforce_consistency,
+    usable_for_back_projection,
+)
+from bids_mcsr.acquisition.simulate import simulate_stack
+from bids_mcsr.acquisition.slice_profile import resimulate_stack
+from bids_mcsr.evaluation.phantom import mni_truth
 from bids_mcsr.image.geometry import Grid
 from bids_mcsr.image.intensity import IntensityScaler
 from bids_mcsr.image.io import Stack
 from bids_mcsr.image.metrics import psnr
-from bids_mcsr.evaluation.phantom import mni_truth
-from bids_mcsr.acquisition.simulate import simulate_stack
-from bids_mcsr.acquisition.slice_profile import resimulate_stack
 from bids_mcsr.inr.superres import in_scale_of
 
 

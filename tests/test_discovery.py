@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from bids.layout import parse_file_entities
+from tiny_bids import STACKS, tiny_dataset, write_stack
 
 from bids_mcsr.dataset.discovery import acquisition_plane, discover, open_layout
 from bids_mcsr.dataset.entities import bids_name, contrast_key, split_contrast
@@ -15,7 +16,6 @@ from bids_mcsr.dataset.naming import sr_name
 from bids_mcsr.dataset.units import SubjectSession
 from bids_mcsr.errors import InputError
 from bids_mcsr.steps import select_reference
-from tiny_bids import STACKS, tiny_dataset, write_stack
 
 EXAMPLES = Path(__file__).parent / "data" / "bids-examples"
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
-from bids_mcsr.evaluation.demo import build_demo, head_motion
-from bids_mcsr.dataset.validator import find_validator, validate
 from tiny_bids import fast_args, tiny_dataset, write_stack
+
 from bids_mcsr.cli.run import main
+from bids_mcsr.dataset.validator import find_validator, validate
+from bids_mcsr.evaluation.demo import build_demo, head_motion
 
 pytestmark = pytest.mark.slow
 

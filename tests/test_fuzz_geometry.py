@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from bids_mcsr.image.geometry import CoordinateFrame, check_overlap, make_output_grid
 from bids_mcsr.image.io import load_stack
-from bids_mcsr.inr.presets import model_spec
 from bids_mcsr.inr.memory import Estimate, plan_memory
+from bids_mcsr.inr.presets import model_spec
 
 SPECIAL = st.sampled_from([0.0, -0.0, 1e-9, 1e12, np.nan, np.inf, -np.inf])
 ENTRY = st.one_of(st.floats(-50, 50, allow_nan=False), st.floats(-50, 50, allow_nan=False),

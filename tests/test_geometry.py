@@ -6,9 +6,15 @@ from nibabel.affines import apply_affine, from_matvec
 from scipy.spatial.transform import Rotation
 
 from bids_mcsr.errors import InputError
-from bids_mcsr.image.geometry import (CoordinateFrame, check_overlap, make_output_grid, pick_reference,
-                                      stack_corners,
-                                voxel_centres, voxel_centres_chunk)
+from bids_mcsr.image.geometry import (
+    CoordinateFrame,
+    check_overlap,
+    make_output_grid,
+    pick_reference,
+    stack_corners,
+    voxel_centres,
+    voxel_centres_chunk,
+)
 from bids_mcsr.image.io import Stack
 
 

@@ -9,8 +9,11 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from report_synth import CHROMIUM, browser_dom, fake_fit, fake_result, phantom, stacks_of
+from tiny_bids import fast_args, tiny_dataset, write_stack
 
 from bids_mcsr.acquisition.slice_profile import SLAB_FWHM_OF_THICKNESS
+from bids_mcsr.cli.run import main
 from bids_mcsr.dataset.description import dataset_description
 from bids_mcsr.dataset.files import write_json
 from bids_mcsr.dataset.naming import qc_path
@@ -18,9 +21,6 @@ from bids_mcsr.qc.measures import result_dict
 from bids_mcsr.qc.records import qc_record
 from bids_mcsr.reports.group import METRICS, robust_outliers, run_group, unit_rows
 from bids_mcsr.reports.subject import write_subject_report
-from report_synth import CHROMIUM, browser_dom, fake_fit, fake_result, phantom, stacks_of
-from tiny_bids import fast_args, tiny_dataset, write_stack
-from bids_mcsr.cli.run import main
 
 QC = "sub-{s}/qc/sub-{s}_desc-qc.json"
 
@@ -122,7 +122,8 @@ def test_group_table(output_dir):
     assert rows.loc[("10", "T2w"), "pose_shift_max_mm"] == pytest.approx(10.0)
     assert rows.loc[("11", "T2w"), "noise_percent_max"] == pytest.approx(19.4)
     assert rows.loc[("12", "T1w"), "fwhm_header_mm"] == pytest.approx(2.0)
-    assert rows.loc[("12", "T1w"), "fwhm_ratio"] == pytest.approx(0.95 * 6.0 / 2.0 / SLAB_FWHM_OF_THICKNESS, rel=1e-4)
+    assert rows.loc[("12", "T1w"), "fwhm_ratio"] == pytest.approx(
+        0.95 * 6.0 / 2.0 / SLAB_FWHM_OF_THICKNESS, rel=1e-4)
     assert rows.loc[("01", "T1w"), "fwhm_ratio"] == pytest.approx(0.95 / SLAB_FWHM_OF_THICKNESS, rel=1e-4)
     assert rows.loc[("01", "T1w"), "best_epoch"] == 7
     for gone in ("dc_psnr_db", "dc_ssim", "mi_converged", "mi_change_last_epochs"):

@@ -6,14 +6,21 @@ import pytest
 from scipy import ndimage
 
 from bids_mcsr.acquisition.backprojection import enforce_consistency, fill_from_neighbours, residual_weight
-from bids_mcsr.image.geometry import Grid
-from bids_mcsr.acquisition.holdout import (EDGE, choose_heldout, heldout_errors, interpolate_heldout,
-                               single_slice, slice_mask, validate)
-from bids_mcsr.image.intensity import foreground_mask
-from bids_mcsr.image.io import Stack
-from bids_mcsr.evaluation.phantom import mni_truth
+from bids_mcsr.acquisition.holdout import (
+    EDGE,
+    choose_heldout,
+    heldout_errors,
+    interpolate_heldout,
+    single_slice,
+    slice_mask,
+    validate,
+)
 from bids_mcsr.acquisition.simulate import simulate_stack
 from bids_mcsr.acquisition.slice_profile import spline_coefficients
+from bids_mcsr.evaluation.phantom import mni_truth
+from bids_mcsr.image.geometry import Grid
+from bids_mcsr.image.intensity import foreground_mask
+from bids_mcsr.image.io import Stack
 
 
 def thick_stack(n_slices=40, axis=2):

@@ -11,9 +11,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from tiny_bids import fast_args, tiny_dataset
 
 from bids_mcsr.evaluation.demo import build_demo
-from tiny_bids import fast_args, tiny_dataset
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent

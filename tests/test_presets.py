@@ -49,7 +49,8 @@ def test_paper_preset_is_the_published_code():
 
 def test_fast_preset_keeps_its_training_choices():
     spec = model_spec("fast")
-    assert (spec.adam_betas, spec.adam_eps, spec.schedule, spec.lr_floor) == ((0.9, 0.99), 1e-15, "per-step", 0.01)
+    assert ((spec.adam_betas, spec.adam_eps, spec.schedule, spec.lr_floor)
+            == ((0.9, 0.99), 1e-15, "per-step", 0.01))
     assert (spec.min_steps_per_epoch, spec.drop_last) == (200, True)
     assert (spec.background_fraction, spec.intensity_scaling) == (0.2, "percentile")
     assert (spec.slice_profile, spec.consistency_iterations, spec.holdout_fraction) == ("gaussian", 3, 0.05)
@@ -163,6 +164,6 @@ def test_a_paper_run_uses_its_published_choices_and_a_flag_overrides_one():
     ours = super_resolve(stacks, SRConfig(model="paper", epochs=1, threads=2, mi_stopping=False,
                                           slice_profile="gaussian", profile_samples=2,
                                           consistency_iterations=1))
-    assert (ours.settings["slice_profile"], ours.settings["model"]["slice_profile"]) == ("gaussian", "gaussian")
+    assert ours.settings["slice_profile"] == ours.settings["model"]["slice_profile"] == "gaussian"
     assert ours.settings["consistency_iterations"] == 1
     assert ours.settings["intensity_scaling"] == "minmax"

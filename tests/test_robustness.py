@@ -7,19 +7,18 @@ leave no derivative of that subject behind, and let the other subjects finish.
 import gzip
 import json
 import logging
-import shutil
 from collections import namedtuple
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pytest
-
-from bids_mcsr.inr import memory as resources
-from bids_mcsr.steps import superresolve
-from bids_mcsr.inr.model import build_model, model_spec
 from tiny_bids import fast_args, phantom, tiny_dataset, write_stack
+
 from bids_mcsr.cli.run import main
+from bids_mcsr.inr import memory as resources
+from bids_mcsr.inr.model import build_model
+from bids_mcsr.inr.presets import model_spec
+from bids_mcsr.steps import superresolve
 
 
 def _main(bids: Path, out: Path, work: Path, *extra: str) -> int:

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from nibabel.affines import apply_affine
 
+from bids_mcsr.acquisition.simulate import simulate_stack
+from bids_mcsr.acquisition.slice_profile import FWHM_TO_SIGMA, profile_offsets, resimulate_stack
 from bids_mcsr.image.geometry import Grid
 from bids_mcsr.image.intensity import IntensityScaler
 from bids_mcsr.image.io import Stack
 from bids_mcsr.image.metrics import psnr
-from bids_mcsr.acquisition.simulate import simulate_stack
-from bids_mcsr.acquisition.slice_profile import FWHM_TO_SIGMA, profile_offsets, resimulate_stack
 
 
 def ramp_volume(shape=(30, 32, 40), zooms=(1.0, 1.0, 1.0)):

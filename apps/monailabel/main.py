@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from monailabel.interfaces.app import MONAILabelApp
-from monailabel.interfaces.datastore import Datastore
-from monailabel.interfaces.tasks.infer_v2 import InferTask
-
 from lib.datastore import BidsDatastore
 from lib.infer import SuperResolution
 from lib.settings import Settings
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.infer_v2 import InferTask
 
 
 class BidsMcsrApp(MONAILabelApp):

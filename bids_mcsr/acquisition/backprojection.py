@@ -26,9 +26,9 @@ from typing import Iterator, Sequence
 import numpy as np
 from scipy import ndimage
 
+from bids_mcsr.acquisition.slice_profile import PROFILE_SAMPLES, resimulate_stack, stack_profile
 from bids_mcsr.image.geometry import Grid
 from bids_mcsr.image.io import Stack
-from bids_mcsr.acquisition.slice_profile import PROFILE_SAMPLES, resimulate_stack, stack_profile
 
 DEFAULT_CONSISTENCY_ITERATIONS = 3  # chosen on the benchmark cases (docs/evaluation.md)
 MIN_INPLANE_RATIO = 0.5  # stacks sampled much finer in-plane than the output are not back-projected

@@ -16,9 +16,14 @@ import numpy as np
 from scipy.interpolate import make_interp_spline
 
 from bids_mcsr.acquisition.backprojection import consistency_rounds
+from bids_mcsr.acquisition.slice_profile import (
+    PROFILE_SAMPLES,
+    resimulate_stack,
+    spline_coefficients,
+    stack_profile,
+)
 from bids_mcsr.image.geometry import Grid
 from bids_mcsr.image.io import Stack
-from bids_mcsr.acquisition.slice_profile import PROFILE_SAMPLES, resimulate_stack, spline_coefficients, stack_profile
 
 HOLDOUT_FRACTION = 0.05  # share of a stack's slices withheld
 MIN_HELDOUT = 2  # slices withheld per stack, at least

@@ -39,7 +39,8 @@ def slab_fwhm(stack: Stack) -> float:
     return SLAB_FWHM_OF_THICKNESS * min(stack.thickness, SLAB_MAX_OF_SPACING * spacing)
 
 
-def profile_offsets(profile: str, thickness: float, n_samples: int = PROFILE_SAMPLES) -> tuple[np.ndarray, np.ndarray]:
+def profile_offsets(profile: str, thickness: float,
+                    n_samples: int = PROFILE_SAMPLES) -> tuple[np.ndarray, np.ndarray]:
     """Offsets along the slice normal (mm) and their weights (summing to 1).
 
     ``gaussian``: Gauss-Hermite quadrature of a Gaussian with FWHM = ``thickness``.

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from bids_mcsr.about import NAME, get_version
 from bids_mcsr.dataset.entities import CONTRAST_HELP, bids_name, split_contrast
-from bids_mcsr.dataset.filters import load_filters
-from bids_mcsr.inr.presets import PRESETS, run_choices
 from bids_mcsr.dataset.files import atomic_write
+from bids_mcsr.dataset.filters import load_filters
 from bids_mcsr.errors import InputError
+from bids_mcsr.inr.presets import PRESETS, run_choices
 
 STAMP_FILE = "bids-mcsr-version.txt"
 

@@ -16,9 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from bids_mcsr.dataset.entities import (NIFTI_EXTENSIONS, SUPPORTED_CONTRASTS,
-                                        canonical_contrast, contrast_key, contrast_rank,
-                                        split_contrast)
+from bids_mcsr.dataset.entities import (
+    NIFTI_EXTENSIONS,
+    SUPPORTED_CONTRASTS,
+    canonical_contrast,
+    contrast_key,
+    contrast_rank,
+    split_contrast,
+)
 from bids_mcsr.dataset.filters import pybids_filters
 from bids_mcsr.dataset.units import Run, SubjectSession
 from bids_mcsr.errors import InputError

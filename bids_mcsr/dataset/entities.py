@@ -81,6 +81,13 @@ def contrast_key(entities: Mapping[str, object]) -> str:
     -------
     str
         ``T1w``, ``ce-gadolinium_T1w``, ``inv-1_MP2RAGE``; inverse of :func:`split_contrast`.
+
+    Examples
+    --------
+    >>> contrast_key({"suffix": "T1w", "ceagent": "gadolinium", "run": 2})
+    'ce-gadolinium_T1w'
+    >>> contrast_key({"suffix": "FLAIR", "acquisition": "sag"})
+    'FLAIR'
     """
     return bids_name({key: entities.get(name) for key, name in CONTRAST_ENTITIES.items()},
                      str(entities["suffix"]))

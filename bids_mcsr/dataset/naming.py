@@ -30,6 +30,11 @@ def res_label(spacing: tuple[float, float, float]) -> str:
     -------
     str
         An alphanumeric BIDS label.
+
+    Examples
+    --------
+    >>> res_label((1.0, 1.0, 1.0)), res_label((0.8, 0.8, 0.8)), res_label((1.0, 1.0, 4.0))
+    ('1mm', '0p8mm', 'ref')
     """
     if max(spacing) - min(spacing) > 1e-3:
         return "ref"

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from bids_mcsr.dataset.entities import contrast_rank, unit_name
 
+
 @dataclass(frozen=True)
 class Run:
     """One anatomical image file and what its sidecar says about it.

@@ -22,14 +22,14 @@ import numpy as np
 import pandas as pd
 from bids.layout import parse_file_entities
 
+from bids_mcsr.acquisition.simulate import simulate_stack
+from bids_mcsr.acquisition.slice_profile import PROFILES
 from bids_mcsr.dataset.entities import contrast_key
 from bids_mcsr.dataset.files import atomic_write
 from bids_mcsr.image.geometry import Grid
 from bids_mcsr.image.intensity import foreground_mask
 from bids_mcsr.image.io import Stack, load_stack
 from bids_mcsr.image.metrics import cubic_baseline, mutual_information, psnr, resample_to_grid, ssim
-from bids_mcsr.acquisition.simulate import simulate_stack
-from bids_mcsr.acquisition.slice_profile import PROFILES
 
 PLANE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}  # world axis normal to the plane
 PLANE_LABEL = {"sagittal": "sag", "coronal": "cor", "axial": "ax"}

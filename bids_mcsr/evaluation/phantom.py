@@ -2,7 +2,8 @@
 
 T1w is the template itself; a T2w-like contrast is mapped from its tissue probability maps
 (CSF bright, grey matter intermediate, white matter dark), and a FLAIR-like one too (CSF
-suppressed, grey matter brighter than white), so all contrasts share anatomy exactly. Nothing is downloaded: nilearn carries these files in its wheel.
+suppressed, grey matter brighter than white), so all contrasts share anatomy exactly.
+Nothing is downloaded: nilearn carries these files in its wheel.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ from nibabel.affines import apply_affine, voxel_sizes
 from bids_mcsr.errors import InputError
 from bids_mcsr.image.io import Stack, direction_cosines
 
-
 MAX_GRID_VOXELS = 2**31  # beyond this an output grid is a header error, not a head
 
 

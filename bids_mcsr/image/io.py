@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
-from nibabel.affines import voxel_sizes
 import numpy as np
+from nibabel.affines import voxel_sizes
 
 from bids_mcsr.errors import InputError
 

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from bids_mcsr.image.geometry import CoordinateFrame, stack_corners
 from bids_mcsr.acquisition.slice_profile import SLAB_MAX_OF_SPACING, slab_fwhm
+from bids_mcsr.image.geometry import CoordinateFrame, stack_corners
 from bids_mcsr.image.io import Stack
 
 FWHM_MIN_OF_INPLANE = 0.5

@@ -17,8 +17,9 @@ class SRConfig:
     rigid pose with the network (off by default: on the robustness benchmark they win where
     the header or the profile shape is wrong and lose where it is right,
     docs/evaluation.md). ``holdout_fraction`` of each thick stack's slices are
-    withheld from training to score the fit against cubic interpolation. ``keep_network_output`` also returns each contrast's
-    volume before back-projection (for benchmarks).
+    withheld from training to score the fit against cubic interpolation.
+    ``keep_network_output`` also returns each contrast's volume before back-projection
+    (for benchmarks).
     """
 
     model: str = DEFAULT_MODEL

@@ -15,11 +15,11 @@ from typing import Sequence
 import nibabel as nib
 import numpy as np
 
+from bids_mcsr.acquisition.slice_profile import RESIMULATE_CHUNK
 from bids_mcsr.errors import InputError
 from bids_mcsr.image.geometry import make_output_grid
 from bids_mcsr.image.io import Stack
 from bids_mcsr.inr.presets import ModelSpec
-from bids_mcsr.acquisition.slice_profile import RESIMULATE_CHUNK
 
 GB = 2**30
 RUNTIME_BYTES = 2**30  # Python, torch, ANTsPy, nipype (455 MB), N4/registration images, torch.compile

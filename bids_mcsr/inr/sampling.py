@@ -8,12 +8,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from bids_mcsr.inr.acquisition_fit import StackAcquisition
-from bids_mcsr.image.geometry import CoordinateFrame, voxel_centres
 from bids_mcsr.acquisition.holdout import slice_mask
+from bids_mcsr.acquisition.slice_profile import FWHM_TO_SIGMA, PROFILE_SAMPLES, slice_normal, stack_profile
+from bids_mcsr.image.geometry import CoordinateFrame, voxel_centres
 from bids_mcsr.image.intensity import IntensityScaler, foreground_mask
 from bids_mcsr.image.io import Stack
-from bids_mcsr.acquisition.slice_profile import FWHM_TO_SIGMA, PROFILE_SAMPLES, slice_normal, stack_profile
+from bids_mcsr.inr.acquisition_fit import StackAcquisition
 
 
 def profile_quantile(profile: str, u: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,14 @@ import torch
 from bids_mcsr.acquisition.backprojection import enforce_consistency
 from bids_mcsr.acquisition.holdout import choose_heldout, pooled_psnr, validate
 from bids_mcsr.acquisition.slice_profile import PROFILES, SLAB_MAX_OF_SPACING, slab_fwhm
-from bids_mcsr.image.geometry import (CoordinateFrame, Grid, check_overlap, make_output_grid,
-                                      pick_reference, voxel_centres_at)
+from bids_mcsr.image.geometry import (
+    CoordinateFrame,
+    Grid,
+    check_overlap,
+    make_output_grid,
+    pick_reference,
+    voxel_centres_at,
+)
 from bids_mcsr.image.intensity import IntensityScaler
 from bids_mcsr.image.io import Stack
 from bids_mcsr.image.metrics import resample_to_grid

@@ -11,11 +11,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from bids_mcsr.inr.inference import predict_points
-from bids_mcsr.inr.stopping import mean_pairwise_mi, mi_plateaued
 from bids_mcsr.inr.acquisition_fit import StackAcquisition
+from bids_mcsr.inr.inference import predict_points
 from bids_mcsr.inr.presets import DEFAULT_MODEL, MI_MIN_EPOCHS, MI_TOLERANCE_NATS, MI_WINDOW, PRESETS
 from bids_mcsr.inr.sampling import TrainingSamples
+from bids_mcsr.inr.stopping import mean_pairwise_mi, mi_plateaued
 
 log = logging.getLogger("bids_mcsr")
 SCHEDULES = ("per-step", "per-epoch")
@@ -29,7 +29,8 @@ class TrainConfig:
     ``background_fraction`` of the background voxels join each epoch (all foreground
     voxels do). Adam (``adam_betas``, ``adam_eps``) follows a cosine schedule from ``lr`` to
     ``lr_floor * lr`` over the epochs, stepped per optimiser step or per epoch
-    (``schedule``). ``drop_last``: an epoch's last, smaller batch is not trained on. MI early stopping needs at least ``min_epochs`` and stops when
+    (``schedule``). ``drop_last``: an epoch's last, smaller batch is not trained on. MI early
+    stopping needs at least ``min_epochs`` and stops when
     :func:`~bids_mcsr.inr.stopping.mi_plateaued` with ``mi_window``/``mi_tolerance``.
     With ``max_seconds`` training stops once that much wall time is spent (mid-epoch if
     need be) and the cosine learning-rate schedule runs over time instead, so

@@ -25,11 +25,11 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from bids_mcsr.acquisition.slice_profile import resimulate_stack, slice_normal
 from bids_mcsr.image.geometry import Grid
 from bids_mcsr.image.intensity import foreground_mask
 from bids_mcsr.image.io import Stack
 from bids_mcsr.image.metrics import mutual_information, psnr, ssim
-from bids_mcsr.acquisition.slice_profile import resimulate_stack, slice_normal
 from bids_mcsr.inr.result import RESULT_KEYS, SRResult
 from bids_mcsr.inr.stopping import mi_plateaued
 from bids_mcsr.qc.flags import ALIGNMENT_STEP_MM, misaligned, quality_flags

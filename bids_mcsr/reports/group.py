@@ -19,9 +19,16 @@ import pandas as pd
 from bids_mcsr.dataset.entities import unit_name
 from bids_mcsr.dataset.files import atomic_write
 from bids_mcsr.dataset.naming import QC_SUFFIX
-from bids_mcsr.qc.flags import (ALIGNMENT_STEP_MM, FWHM_RATIO_MAX, GAIN_MARGIN_DB,
-                                NOISE_PERCENT_MAX, POSE_ROTATION_MAX_DEG, POSE_SHIFT_MAX_MM,
-                                quality_flags, verdict)
+from bids_mcsr.qc.flags import (
+    ALIGNMENT_STEP_MM,
+    FWHM_RATIO_MAX,
+    GAIN_MARGIN_DB,
+    NOISE_PERCENT_MAX,
+    POSE_ROTATION_MAX_DEG,
+    POSE_SHIFT_MAX_MM,
+    quality_flags,
+    verdict,
+)
 from bids_mcsr.reports.html import page, paragraph, section, strip_plot_svg, table
 
 MAD_TO_SIGMA = 1.4826

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from tiny_dataset import make_constant, tiny_dataset
 
 APP = Path(__file__).resolve().parents[1]

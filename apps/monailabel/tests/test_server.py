@@ -18,9 +18,8 @@ import httpx
 import nibabel as nib
 import numpy as np
 import pytest
-from requests_toolbelt.multipart.decoder import MultipartDecoder
-
 from conftest import BIN, CLI_OPTIONS
+from requests_toolbelt.multipart.decoder import MultipartDecoder
 
 CACHED_WITHIN_S = 5.0
 
