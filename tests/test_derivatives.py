@@ -15,8 +15,8 @@ from bids_mcsr.dataset.files import atomic_path, atomic_write
 from bids_mcsr.dataset.naming import res_label
 from bids_mcsr.dataset.publish import publish, recover_publish, staging_dir
 from bids_mcsr.dataset.units import Run, SubjectSession
-from bids_mcsr.qc.records import curves_tsv
 from bids_mcsr.dataset.validator import find_validator, validate
+from bids_mcsr.qc.records import curves_tsv
 
 OPTIONS = {"model": "fast", "bias_correction": "n4", "registration": "rigid", "seed": 3,
            "output_grid": None}

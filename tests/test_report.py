@@ -8,19 +8,25 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from report_synth import CHROMIUM, SHAPE, browser_dom, fake_fit, fake_result, phantom, stacks_of
 from scipy import ndimage
 
 from bids_mcsr.acquisition.slice_profile import SLAB_FWHM_OF_THICKNESS
+from bids_mcsr.dataset.naming import qc_path
 from bids_mcsr.image.geometry import Grid
 from bids_mcsr.image.metrics import resample_to_grid
-from bids_mcsr.dataset.naming import qc_path
 from bids_mcsr.qc.flags import misaligned, verdict
-from bids_mcsr.qc.measures import (alignment_check, data_consistency, mi_convergence,
-                                   result_dict, sharpness, subject_metrics)
+from bids_mcsr.qc.measures import (
+    alignment_check,
+    data_consistency,
+    mi_convergence,
+    result_dict,
+    sharpness,
+    subject_metrics,
+)
 from bids_mcsr.qc.records import curves_tsv, mi_rule_epoch, qc_record, stack_rows
 from bids_mcsr.reports.subject import write_subject_report, write_subject_report_from_files
 from bids_mcsr.reports.subject_page import acquisition_table
-from report_synth import CHROMIUM, SHAPE, browser_dom, fake_fit, fake_result, phantom, stacks_of
 
 BROKEN = {"gain_db": {"T2w": -1.0}, "shift_mm": {"T2w": 10.0}, "noise_percent": {"T2w": 19.4},
           "header_mm": 2.0}
