@@ -119,9 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "each weighted down to the stack's estimated noise floor "
                     f"(0: off; default: the model's, {_by_model('consistency_iterations')})")
     sr.add_argument("--profile-fit", action="store_true",
-                    help="fit each stack's slice-profile width (from its header value: "
-                    "SliceThickness, else the slice spacing) on held-out slices; helps where "
-                    "the header is wrong or the slab is far from Gaussian")
+                    help="fit each stack's slab width on held-out slices, from the modelled one "
+                    "(docs/method.md); opt-in: measured to help only where the header is wrong")
     sr.add_argument("--pose-fit", action="store_true",
                     help="refine each stack's rigid pose (on top of registration) during the fit")
     sr.add_argument("--holdout-fraction", type=_holdout_fraction, metavar="F",
@@ -223,6 +222,24 @@ def validate(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> argpa
         opts.contrasts = opts.contrasts and [bids_name(*split_contrast(c)) for c in opts.contrasts]
     except ValueError as err:
         parser.error(f"--contrasts: {err}")
+    _check_paths(parser, opts)
+    opts.filters = {}
+    if opts.bids_filter_file is not None:
+        try:
+            opts.filters = load_filters(opts.bids_filter_file)
+        except InputError as err:
+            parser.error(str(err))
+    opts.participant_label = _strip(opts.participant_label, "sub-")
+    opts.session_label = _strip(opts.session_label, "ses-")
+    vars(opts).update(run_choices(opts.model, slice_profile=opts.slice_profile,
+                                  consistency_iterations=opts.consistency_iterations,
+                                  holdout_fraction=opts.holdout_fraction))
+    return opts
+
+
+def _check_paths(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> None:
+    """Make the paths absolute and check them: a BIDS root, outputs and work outside it (or
+    under its derivatives/), writable, a work directory of this version."""
     opts.bids_dir = opts.bids_dir.expanduser().resolve()
     opts.output_dir = opts.output_dir.expanduser().resolve()
     opts.work_dir = opts.work_dir.expanduser().resolve()
@@ -252,18 +269,6 @@ def validate(parser: argparse.ArgumentParser, opts: argparse.Namespace) -> argpa
     stale = check_work_dir_version(opts.work_dir)
     if stale:
         parser.error(stale)
-    opts.filters = {}
-    if opts.bids_filter_file is not None:
-        try:
-            opts.filters = load_filters(opts.bids_filter_file)
-        except InputError as err:
-            parser.error(str(err))
-    opts.participant_label = _strip(opts.participant_label, "sub-")
-    opts.session_label = _strip(opts.session_label, "ses-")
-    vars(opts).update(run_choices(opts.model, slice_profile=opts.slice_profile,
-                                  consistency_iterations=opts.consistency_iterations,
-                                  holdout_fraction=opts.holdout_fraction))
-    return opts
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -21,13 +21,9 @@ class Grid:
     shape: tuple[int, int, int]
     affine: np.ndarray
 
-    @property
-    def spacing(self) -> np.ndarray:
-        return voxel_sizes(self.affine)
-
-    @property
-    def n_voxels(self) -> int:
-        return int(np.prod(self.shape))
+    spacing = property(lambda self: voxel_sizes(self.affine),
+                       doc="Voxel sizes (mm) along the grid's axes.")
+    n_voxels = property(lambda self: int(np.prod(self.shape)), doc="Number of voxels of the grid.")
 
 
 def voxel_centres(shape: Sequence[int], affine: np.ndarray) -> np.ndarray:

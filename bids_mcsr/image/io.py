@@ -48,10 +48,12 @@ class Stack:
 
     @property
     def name(self) -> str:
+        """The file name, for messages (``<T1w stack>`` when there is no file)."""
         return os.path.basename(self.path) if self.path else f"<{self.contrast} stack>"
 
     @property
     def voxel_sizes(self) -> np.ndarray:
+        """Voxel sizes (mm) along the voxel axes, from the affine."""
         return voxel_sizes(self.affine)
 
     @property

@@ -61,7 +61,8 @@ def save_result(result: SRResult, out_dir: Path) -> dict:
     Parameters
     ----------
     result : SRResult
-        The fit.
+        The fit: its volumes and mask on the grid, and the record of the run (history,
+        settings, acquisition, held-out scores, timings).
     out_dir : Path
         An existing folder.
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from bids_mcsr.acquisition.backprojection import enforce_consistency
-from bids_mcsr.acquisition.holdout import choose_heldout, pooled_psnr, validate
+from bids_mcsr.acquisition.holdout import choose_heldout, validate
 from bids_mcsr.acquisition.slice_profile import PROFILES, SLAB_MAX_OF_SPACING, slab_fwhm
 from bids_mcsr.image.geometry import (
     CoordinateFrame,
@@ -34,6 +34,7 @@ from bids_mcsr.inr.model import build_model
 from bids_mcsr.inr.presets import RUN_CHOICES, ModelSpec, model_spec
 from bids_mcsr.inr.result import SRResult
 from bids_mcsr.inr.sampling import TrainingSamples, build_samples, stack_masks_and_scalers
+from bids_mcsr.inr.summaries import describe_acquisition, describe_gain, heldout_summary
 from bids_mcsr.inr.training import TrainConfig, train
 
 log = logging.getLogger("bids_mcsr")
@@ -262,9 +263,8 @@ def super_resolve(stacks: Sequence[Stack], config: SRConfig = SRConfig(), grid: 
     timings = {"setup_s": t_train - t0, "training_s": t_infer - t_train,
                "inference_s": t_consistency - t_infer, "consistency_s": t_end - t_consistency,
                "heldout_scoring_s": scoring_s}
-    fitted = problem.acquisition.fitted()
-    acquisition_report = [describe_acquisition(s, f, h, problem.scalers[k], noise[k])
-                          for k, (s, f, h) in enumerate(zip(stacks, fitted, problem.heldout))]
+    acquisition_report = [describe_acquisition(s, f, h, problem.scalers[k], noise[k]) for k, (s, f, h)
+                          in enumerate(zip(stacks, problem.acquisition.fitted(), problem.heldout))]
     mi_values = [m for m in hist.mi if m is not None]
     return SRResult(contrasts=problem.contrasts, volumes=volumes, grid=grid,
                     mask=problem.mask.astype(np.uint8), history=hist.to_dict(),
@@ -273,36 +273,3 @@ def super_resolve(stacks: Sequence[Stack], config: SRConfig = SRConfig(), grid: 
                     device=describe(device), settings=_settings(config, problem, tcfg, stacks, reference),
                     timings=timings, acquisition=acquisition_report, validation=validation,
                     network_volumes=network_volumes)
-
-
-def heldout_summary(errors: Sequence[dict], data_range: float, rounds: int | None = None,
-                    curve: Sequence[float] = ()) -> dict:
-    """Held-out PSNR of the output and of cubic interpolation, and their difference."""
-    sr, cubic = pooled_psnr(errors, "sr", data_range), pooled_psnr(errors, "cubic", data_range)
-    out = {"voxels": int(sum(e["n"] for e in errors)), "sr_psnr": sr, "cubic_psnr": cubic,
-           "gain_db": None if sr is None or cubic is None else sr - cubic}
-    if rounds is not None:
-        out["consistency_rounds"] = int(rounds)
-        out["consistency_curve_psnr"] = [float(10 * np.log10(data_range ** 2 / max(m, 1e-20)))
-                                         for m in curve]
-    return out
-
-
-def describe_gain(summary: dict) -> str:
-    if summary["gain_db"] is None:
-        return "none (no slice could be held out)"
-    return (f"SR {summary['sr_psnr']:.2f} dB vs cubic {summary['cubic_psnr']:.2f} dB "
-            f"({summary['gain_db']:+.2f} dB)")
-
-
-def describe_acquisition(stack: Stack, fitted, heldout: np.ndarray,
-                         scaler: IntensityScaler, sigma: float) -> dict:
-    """What the run knows of one stack's acquisition: header, fitted profile and pose,
-    noise (``sigma``) and held-out slices."""
-    return {"name": stack.name, "contrast": stack.contrast,
-            "header_thickness_mm": stack.slice_thickness,
-            "spacing_mm": float(stack.voxel_sizes[stack.through_plane_axis]),
-            "fitted_fwhm_mm": fitted.fwhm_mm, "pose_shift_mm": fitted.shift_mm,
-            "pose_rotation_deg": fitted.rotation_deg, "pose_correction": fitted.correction,
-            "noise_sigma": sigma, "noise_percent": 100 * sigma / (scaler.high - scaler.low),
-            "heldout_slices": [int(k) for k in heldout], "isotropic": stack.is_isotropic}

@@ -13,6 +13,7 @@ import torch
 
 from bids_mcsr.inr.acquisition_fit import StackAcquisition
 from bids_mcsr.inr.inference import predict_points
+from bids_mcsr.inr.losses import batch_loss, heldout_errors, width_step
 from bids_mcsr.inr.presets import DEFAULT_MODEL, MI_MIN_EPOCHS, MI_TOLERANCE_NATS, MI_WINDOW, PRESETS
 from bids_mcsr.inr.sampling import TrainingSamples
 from bids_mcsr.inr.stopping import mean_pairwise_mi, mi_plateaued
@@ -104,57 +105,6 @@ class TrainHistory:
                 "heldout_mse": self.heldout, "best_epoch": self.best_epoch}
 
 
-def _squared_errors(model: Callable[[torch.Tensor], torch.Tensor], samples: TrainingSamples,
-                    idx: torch.Tensor, acquisition: StackAcquisition, n_contrasts: int,
-                    stratified: bool = True, learn: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Squared error of every voxel in ``idx`` and its contrast index (``learn``: with
-    gradients to those acquisition parameters, see ``TrainingSamples.profile_points``)."""
-    c = samples.contrast[idx]
-    pts = samples.profile_points(idx, acquisition, stratified, learn)  # (B, K, 3)
-    b, k = pts.shape[:2]
-    out = model(pts.reshape(-1, 3)).reshape(b, k, n_contrasts)
-    pred = out.gather(2, c.view(-1, 1, 1).expand(-1, k, 1)).squeeze(2).mean(dim=1)
-    return (pred - samples.values[idx]) ** 2, c
-
-
-def _batch_loss(model: Callable[[torch.Tensor], torch.Tensor], samples: TrainingSamples,
-                idx: torch.Tensor, acquisition: StackAcquisition, n_contrasts: int,
-                learn: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Loss of one batch and the per-contrast sums/counts of squared errors."""
-    sq, c = _squared_errors(model, samples, idx, acquisition, n_contrasts, learn=learn)
-    return _contrast_mean(sq, c, n_contrasts)
-
-
-def _contrast_mean(sq: torch.Tensor, c: torch.Tensor,
-                   n_contrasts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean over contrasts of each contrast's mean squared error, and the per-contrast
-    sums/counts (detached)."""
-    sums = torch.zeros(n_contrasts, device=sq.device).index_add_(0, c, sq)
-    counts = torch.zeros(n_contrasts, device=sq.device).index_add_(0, c, torch.ones_like(sq))
-    present = counts > 0
-    loss = (sums[present] / counts[present]).mean()
-    return loss, sums.detach(), counts.detach()
-
-
-def heldout_errors(model: torch.nn.Module, samples: TrainingSamples,
-                   acquisition: StackAcquisition, n_contrasts: int, device: torch.device,
-                   chunk: int = 65536) -> np.ndarray:
-    """Per-contrast mean squared error on the held-out voxels (NaN where a contrast has
-    none), with the profile's stratum midpoints."""
-    idx_all = torch.from_numpy(samples.heldout_indices()).to(device)
-    sums = torch.zeros(n_contrasts, device=device, dtype=torch.float64)
-    counts = torch.zeros(n_contrasts, device=device, dtype=torch.float64)
-    with torch.no_grad():
-        for start in range(0, idx_all.shape[0], chunk):
-            sq, c = _squared_errors(model, samples, idx_all[start:start + chunk], acquisition,
-                                    n_contrasts, stratified=False)
-            sums.index_add_(0, c, sq.double())
-            counts.index_add_(0, c, torch.ones_like(sq, dtype=torch.float64))
-    out = (sums / counts.clamp(min=1)).cpu().numpy()
-    out[counts.cpu().numpy() == 0] = np.nan
-    return out
-
-
 def _optimiser(model: torch.nn.Module, acquisition: StackAcquisition,
                config: TrainConfig) -> torch.optim.Adam:
     groups = [{"params": list(model.parameters()), "lr": config.lr}]
@@ -164,19 +114,133 @@ def _optimiser(model: torch.nn.Module, acquisition: StackAcquisition,
     return torch.optim.Adam(groups, betas=config.adam_betas, eps=config.adam_eps)
 
 
-def _width_step(model: torch.nn.Module, samples: TrainingSamples, held_idx: np.ndarray,
-                acquisition: StackAcquisition, n_contrasts: int, opt: torch.optim.Adam,
-                rng: np.random.Generator, batch_size: int) -> None:
-    """One step of the slice-profile widths on a batch of held-out voxels, the network
-    fixed: a width that only lets the network fit the training slices more closely (a
-    narrower slab always does) does not predict the slices between them better."""
-    pick = rng.choice(held_idx, min(batch_size, held_idx.size), replace=False)
-    idx = torch.from_numpy(pick).to(samples.coords.device)
-    sq, c = _squared_errors(model, samples, idx, acquisition, n_contrasts, learn="width")
-    loss = _contrast_mean(sq, c, n_contrasts)[0]
-    (grad,) = torch.autograd.grad(loss, [acquisition.log_width])
-    acquisition.log_width.grad = grad
-    opt.step()
+class _Fit:
+    """The state of one training run: optimisers, schedule, time budget and history."""
+
+    def __init__(self, model: torch.nn.Module, acquisition: StackAcquisition,
+                 samples: TrainingSamples, contrasts: list[str], config: TrainConfig,
+                 device: torch.device) -> None:
+        self.rng = np.random.default_rng(config.seed)
+        torch.manual_seed(config.seed)
+        self.model, self.acquisition, self.config, self.device = model, acquisition, config, device
+        self.contrasts, self.n_c = contrasts, len(contrasts)
+        self.samples = samples.to(device)
+        model.to(device)
+        acquisition.to(device)
+        self.hist = TrainHistory(contrasts, loss={c: [] for c in contrasts},
+                                 heldout={c: [] for c in contrasts})
+        self.held_idx = self.samples.heldout_indices()
+        self.best_score = np.inf
+        n_epoch = self.samples.n_epoch(config.background_fraction)
+        self.batch_size = config.effective_batch_size(n_epoch)
+        self.steps_per_epoch = config.steps_per_epoch(n_epoch, self.batch_size)
+        self.forward: Callable[[torch.Tensor], torch.Tensor] = (
+            torch.compile(model, dynamic=False) if config.compile else model)
+        self.opt = _optimiser(model, acquisition, config)
+        self.width_opt = (torch.optim.Adam([acquisition.log_width], lr=config.width_lr,
+                                           betas=config.adam_betas, eps=config.adam_eps)
+                          if acquisition.log_width.requires_grad and self.held_idx.size else None)
+        self.sched = config.scheduler(self.opt, self.steps_per_epoch)
+        self.t0 = time.perf_counter()
+        self.out_of_time = False
+
+    def _budget_spent(self) -> bool:
+        """With a time budget: whether it is spent, else the cosine learning rate over time."""
+        config = self.config
+        if config.max_seconds is None:
+            return False
+        spent = (time.perf_counter() - self.t0) / config.max_seconds
+        if spent >= 1.0:
+            return True
+        for group in self.opt.param_groups:
+            group["lr"] = group["initial_lr"] * (
+                config.lr_floor + (1 - config.lr_floor) * 0.5 * (1 + math.cos(math.pi * spent)))
+        return False
+
+    def _loss(self, idx: torch.Tensor, learn: str | None):
+        try:
+            return batch_loss(self.forward, self.samples, idx, self.acquisition, self.n_c, learn)
+        except Exception as exc:  # torch.compile needs a C++ toolchain; fall back to eager
+            if self.forward is self.model:
+                raise
+            log.warning("torch.compile unavailable (%s: %s); training without it",
+                        type(exc).__name__, str(exc).splitlines()[0][:200])
+            self.forward = self.model
+            return batch_loss(self.forward, self.samples, idx, self.acquisition, self.n_c, learn)
+
+    def epoch(self, epoch: int) -> tuple[np.ndarray, int] | None:
+        """Train one epoch; its per-contrast mean loss and the voxels trained on (None when
+        the time budget ran out before its first step)."""
+        config, acquisition = self.config, self.acquisition
+        self.model.train()
+        order = torch.from_numpy(self.samples.epoch_indices(self.rng, config.background_fraction))
+        order = order.to(self.device)
+        sums = torch.zeros(self.n_c, device=self.device)
+        counts = torch.zeros(self.n_c, device=self.device)
+        steps_done = trained = 0
+        for step in range(self.steps_per_epoch):
+            if self._budget_spent():
+                self.out_of_time = True
+                break
+            idx = order[step * self.batch_size:(step + 1) * self.batch_size]
+            learning = epoch > config.acquisition_warmup
+            learn = ("pose" if learning and acquisition.rotation.requires_grad
+                     and step % config.acquisition_every == 0 else None)
+            if (learning and self.width_opt is not None
+                    and step % config.acquisition_every == config.acquisition_every // 2):
+                width_step(self.model, self.samples, self.held_idx, acquisition, self.n_c,
+                           self.width_opt, self.rng, self.batch_size)
+            loss, s, n = self._loss(idx, learn)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()  # Adam leaves the acquisition parameters alone when they got no gradient
+            if config.max_seconds is None and config.schedule == "per-step":
+                self.sched.step()
+            sums += s
+            counts += n
+            steps_done += 1
+            trained += idx.shape[0]
+        if self.out_of_time and steps_done == 0:
+            return None
+        if config.max_seconds is None and config.schedule == "per-epoch":
+            self.sched.step()
+        self.model.eval()
+        return (sums / counts.clamp(min=1)).cpu().numpy(), trained
+
+    def record(self, epoch: int, per_c: np.ndarray, trained: int, seconds: float,
+               mi_points: np.ndarray | None) -> dict:
+        """Add an epoch's loss, MI and held-out error to the history; the progress record."""
+        hist = self.hist
+        for name, value in zip(self.contrasts, per_c):
+            hist.loss[name].append(float(value))
+        mi = None
+        if mi_points is not None and self.n_c > 1:
+            mi = mean_pairwise_mi(predict_points(self.model, mi_points, self.device))
+        held = (heldout_errors(self.model, self.samples, self.acquisition, self.n_c, self.device)
+                if self.held_idx.size else None)
+        for j, name in enumerate(self.contrasts):
+            hist.heldout[name].append(None if held is None or np.isnan(held[j]) else float(held[j]))
+        if held is not None and np.isfinite(held).any():
+            score = float(np.nanmean(held))
+            if score < self.best_score:
+                self.best_score, hist.best_epoch = score, epoch
+        hist.epoch.append(epoch)
+        hist.mi.append(mi)
+        hist.seconds.append(time.perf_counter() - self.t0)
+        info = {"epoch": epoch, "epochs": self.config.epochs,
+                "loss": {c: float(v) for c, v in zip(self.contrasts, per_c)}, "mi": mi,
+                "seconds": hist.seconds[-1],
+                "points_per_s": trained * self.samples.n_profile / max(seconds, 1e-9)}
+        log.info("epoch %d/%d loss %s MI %s (%.0f s, %.0f points/s)", epoch, self.config.epochs,
+                 " ".join(f"{c}={v:.5f}" for c, v in info["loss"].items()),
+                 "-" if mi is None else f"{mi:.4f}", info["seconds"], info["points_per_s"])
+        return info
+
+    def mi_plateaued(self, epoch: int) -> bool:
+        config = self.config
+        mi_values = [m for m in self.hist.mi if m is not None]
+        return (config.mi_stopping and config.min_epochs <= epoch < config.epochs
+                and mi_plateaued(mi_values, config.mi_window, config.mi_tolerance))
 
 
 def train(model: torch.nn.Module, acquisition: StackAcquisition, samples: TrainingSamples,
@@ -187,116 +251,28 @@ def train(model: torch.nn.Module, acquisition: StackAcquisition, samples: Traini
 
     Returns the loss, MI and held-out curves. ``mi_points`` are normalised coordinates
     (inside the LR-derived mask) where the predicted contrasts' MI is measured after every
-    epoch.
+    epoch; ``progress`` gets each epoch's record, ``on_epoch_end`` the epoch and the model.
     """
-    rng = np.random.default_rng(config.seed)
-    torch.manual_seed(config.seed)
-    n_c = len(contrasts)
-    samples = samples.to(device)
-    model.to(device)
-    acquisition.to(device)
-    hist = TrainHistory(contrasts, loss={c: [] for c in contrasts},
-                        heldout={c: [] for c in contrasts})
-    has_heldout = samples.heldout_indices().size > 0
-    best_score = np.inf
-    n_epoch = samples.n_epoch(config.background_fraction)
-    batch_size = config.effective_batch_size(n_epoch)
-    steps_per_epoch = config.steps_per_epoch(n_epoch, batch_size)
-    forward: Callable[[torch.Tensor], torch.Tensor] = (
-        torch.compile(model, dynamic=False) if config.compile else model)
-    opt = _optimiser(model, acquisition, config)
-    held_idx = samples.heldout_indices()
-    width_opt = (torch.optim.Adam([acquisition.log_width], lr=config.width_lr,
-                                  betas=config.adam_betas, eps=config.adam_eps)
-                 if acquisition.log_width.requires_grad and held_idx.size else None)
-    sched = config.scheduler(opt, steps_per_epoch)
-    t0 = time.perf_counter()
-    out_of_time = False
+    fit = _Fit(model, acquisition, samples, contrasts, config, device)
+    hist = fit.hist
     for epoch in range(1, config.epochs + 1):
-        model.train()
-        order = torch.from_numpy(samples.epoch_indices(rng, config.background_fraction)).to(device)
-        sums = torch.zeros(n_c, device=device)
-        counts = torch.zeros(n_c, device=device)
         t_epoch = time.perf_counter()
-        steps_done = trained = 0
-        for step in range(steps_per_epoch):
-            if config.max_seconds is not None:
-                spent = (time.perf_counter() - t0) / config.max_seconds
-                if spent >= 1.0:
-                    out_of_time = True
-                    break
-                for group in opt.param_groups:
-                    group["lr"] = group["initial_lr"] * (
-                        config.lr_floor + (1 - config.lr_floor) * 0.5 * (1 + math.cos(math.pi * spent)))
-            idx = order[step * batch_size:(step + 1) * batch_size]
-            learning = epoch > config.acquisition_warmup
-            learn = ("pose" if learning and acquisition.rotation.requires_grad
-                     and step % config.acquisition_every == 0 else None)
-            if (learning and width_opt is not None
-                    and step % config.acquisition_every == config.acquisition_every // 2):
-                _width_step(model, samples, held_idx, acquisition, n_c, width_opt, rng,
-                            batch_size)
-            try:
-                loss, s, n = _batch_loss(forward, samples, idx, acquisition, n_c, learn)
-            except Exception as exc:  # torch.compile needs a C++ toolchain; fall back to eager
-                if forward is model:
-                    raise
-                log.warning("torch.compile unavailable (%s: %s); training without it",
-                            type(exc).__name__, str(exc).splitlines()[0][:200])
-                forward = model
-                loss, s, n = _batch_loss(forward, samples, idx, acquisition, n_c, learn)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()  # Adam leaves the acquisition parameters alone when they got no gradient
-            if config.max_seconds is None and config.schedule == "per-step":
-                sched.step()
-            sums += s
-            counts += n
-            steps_done += 1
-            trained += idx.shape[0]
-        if out_of_time and steps_done == 0:
+        done = fit.epoch(epoch)
+        if done is None:
             break
-        if config.max_seconds is None and config.schedule == "per-epoch":
-            sched.step()
-        model.eval()
-        per_c = (sums / counts.clamp(min=1)).cpu().numpy()
-        for name, value in zip(contrasts, per_c):
-            hist.loss[name].append(float(value))
-        mi = None
-        if mi_points is not None and n_c > 1:
-            mi = mean_pairwise_mi(predict_points(model, mi_points, device))
-        held = heldout_errors(model, samples, acquisition, n_c, device) if has_heldout else None
-        for j, name in enumerate(contrasts):
-            hist.heldout[name].append(None if held is None or np.isnan(held[j]) else float(held[j]))
-        if held is not None and np.isfinite(held).any():
-            score = float(np.nanmean(held))
-            if score < best_score:
-                best_score, hist.best_epoch = score, epoch
-        hist.epoch.append(epoch)
-        hist.mi.append(mi)
-        hist.seconds.append(time.perf_counter() - t0)
-        n_points = trained * samples.n_profile
-        info = {"epoch": epoch, "epochs": config.epochs,
-                "loss": {c: float(v) for c, v in zip(contrasts, per_c)}, "mi": mi,
-                "seconds": hist.seconds[-1],
-                "points_per_s": n_points / max(time.perf_counter() - t_epoch, 1e-9)}
-        log.info("epoch %d/%d loss %s MI %s (%.0f s, %.0f points/s)", epoch, config.epochs,
-                 " ".join(f"{c}={v:.5f}" for c, v in info["loss"].items()),
-                 "-" if mi is None else f"{mi:.4f}", info["seconds"], info["points_per_s"])
+        info = fit.record(epoch, *done, time.perf_counter() - t_epoch, mi_points)
         if progress is not None:
             progress(info)
         if on_epoch_end is not None:
             on_epoch_end(epoch, model)
         hist.stopped_epoch = epoch
-        if out_of_time:
+        if fit.out_of_time:
             break
-        mi_values = [m for m in hist.mi if m is not None]
-        if (config.mi_stopping and epoch >= config.min_epochs and epoch < config.epochs
-                and mi_plateaued(mi_values, config.mi_window, config.mi_tolerance)):
+        if fit.mi_plateaued(epoch):
             hist.stopped_early = True
             log.info("MI plateaued: stopping at epoch %d", epoch)
             break
-    if out_of_time:  # mid-epoch, or exactly at an epoch boundary (that epoch not recorded)
+    if fit.out_of_time:  # mid-epoch, or exactly at an epoch boundary (that epoch not recorded)
         hist.stopped_early = hist.stopped_epoch < config.epochs
         log.info("time budget of %.0f s spent: stopping after %d epochs (the last may be "
                  "partial)", config.max_seconds, hist.stopped_epoch)

@@ -1,0 +1,78 @@
+"""What the fit minimises: per-contrast squared errors of the forward model on the stacks'
+voxels, their contrast-balanced mean, the held-out error, and the slab-width step."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from bids_mcsr.inr.acquisition_fit import StackAcquisition
+from bids_mcsr.inr.sampling import TrainingSamples
+
+
+def squared_errors(model: Callable[[torch.Tensor], torch.Tensor], samples: TrainingSamples,
+                    idx: torch.Tensor, acquisition: StackAcquisition, n_contrasts: int,
+                    stratified: bool = True, learn: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared error of every voxel in ``idx`` and its contrast index (``learn``: with
+    gradients to those acquisition parameters, see ``TrainingSamples.profile_points``)."""
+    c = samples.contrast[idx]
+    pts = samples.profile_points(idx, acquisition, stratified, learn)  # (B, K, 3)
+    b, k = pts.shape[:2]
+    out = model(pts.reshape(-1, 3)).reshape(b, k, n_contrasts)
+    pred = out.gather(2, c.view(-1, 1, 1).expand(-1, k, 1)).squeeze(2).mean(dim=1)
+    return (pred - samples.values[idx]) ** 2, c
+
+
+def batch_loss(model: Callable[[torch.Tensor], torch.Tensor], samples: TrainingSamples,
+                idx: torch.Tensor, acquisition: StackAcquisition, n_contrasts: int,
+                learn: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Loss of one batch and the per-contrast sums/counts of squared errors."""
+    sq, c = squared_errors(model, samples, idx, acquisition, n_contrasts, learn=learn)
+    return contrast_mean(sq, c, n_contrasts)
+
+
+def contrast_mean(sq: torch.Tensor, c: torch.Tensor,
+                   n_contrasts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean over contrasts of each contrast's mean squared error, and the per-contrast
+    sums/counts (detached)."""
+    sums = torch.zeros(n_contrasts, device=sq.device).index_add_(0, c, sq)
+    counts = torch.zeros(n_contrasts, device=sq.device).index_add_(0, c, torch.ones_like(sq))
+    present = counts > 0
+    loss = (sums[present] / counts[present]).mean()
+    return loss, sums.detach(), counts.detach()
+
+
+def heldout_errors(model: torch.nn.Module, samples: TrainingSamples,
+                   acquisition: StackAcquisition, n_contrasts: int, device: torch.device,
+                   chunk: int = 65536) -> np.ndarray:
+    """Per-contrast mean squared error on the held-out voxels (NaN where a contrast has
+    none), with the profile's stratum midpoints."""
+    idx_all = torch.from_numpy(samples.heldout_indices()).to(device)
+    sums = torch.zeros(n_contrasts, device=device, dtype=torch.float64)
+    counts = torch.zeros(n_contrasts, device=device, dtype=torch.float64)
+    with torch.no_grad():
+        for start in range(0, idx_all.shape[0], chunk):
+            sq, c = squared_errors(model, samples, idx_all[start:start + chunk], acquisition,
+                                    n_contrasts, stratified=False)
+            sums.index_add_(0, c, sq.double())
+            counts.index_add_(0, c, torch.ones_like(sq, dtype=torch.float64))
+    out = (sums / counts.clamp(min=1)).cpu().numpy()
+    out[counts.cpu().numpy() == 0] = np.nan
+    return out
+
+
+def width_step(model: torch.nn.Module, samples: TrainingSamples, held_idx: np.ndarray,
+                acquisition: StackAcquisition, n_contrasts: int, opt: torch.optim.Adam,
+                rng: np.random.Generator, batch_size: int) -> None:
+    """One step of the slice-profile widths on a batch of held-out voxels, the network
+    fixed: a width that only lets the network fit the training slices more closely (a
+    narrower slab always does) does not predict the slices between them better."""
+    pick = rng.choice(held_idx, min(batch_size, held_idx.size), replace=False)
+    idx = torch.from_numpy(pick).to(samples.coords.device)
+    sq, c = squared_errors(model, samples, idx, acquisition, n_contrasts, learn="width")
+    loss = contrast_mean(sq, c, n_contrasts)[0]
+    (grad,) = torch.autograd.grad(loss, [acquisition.log_width])
+    acquisition.log_width.grad = grad
+    opt.step()
