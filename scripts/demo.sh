@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/python -m bids_mcsr.evaluation.demo demo_bids
 .venv/bin/bids-mcsr demo_bids demo_output participant -w work \
-    --nprocs 2 --omp-nthreads 2 --device cpu "$@"
+    --nprocs 2 --device cpu "$@"
 echo "Derivatives written to demo_output/ (logs and methods text in demo_output/logs/)"
