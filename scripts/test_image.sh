@@ -92,7 +92,7 @@ in_image() {
 # What a cluster gives the app: an arbitrary UID, read-only image, private /tmp, no network.
 CLUSTER=(-u 12345:12345 --read-only --tmpfs "/tmp:rw,exec,mode=1777" --network none
          -v "$WS/bids:/data:ro")
-DEMO_ARGS=(--nprocs "$NPROCS" --omp-nthreads "$NPROCS" --device cpu)
+DEMO_ARGS=(--nprocs "$NPROCS" --device cpu)
 
 mkdir -p "$WS/logs" "$WS/bids" "$WS/out" "$WS/work" "$WS/out2" "$WS/work2"
 chmod 0777 "$WS/out" "$WS/work" "$WS/out2" "$WS/work2"

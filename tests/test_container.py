@@ -222,5 +222,5 @@ def test_image_test_runs_the_demo_as_a_cluster_would():
         flag = flag.replace("docker stop", '"$DOCKER" stop')
         assert flag in text, flag
     demo = (ROOT / "scripts" / "demo.sh").read_text()
-    for flag in ("--nprocs", "--omp-nthreads", "--device cpu"):
+    for flag in ("--nprocs", "--device cpu"):
         assert flag in demo and flag in text, flag
