@@ -41,6 +41,7 @@ def test_lesions_are_separate_realistic_blobs_with_their_own_shell(case):
         diameter = 2 * (3 * region.sum() / (4 * np.pi)) ** (1 / 3)
         assert 0.7 * lesion.diameter_mm < diameter < 1.3 * lesion.diameter_mm, lesion.name
         assert 5 <= lesion.diameter_mm <= 15
+        assert lesion.is_control == (lesion.name == "no lesion (control)")
         assert shell.sum() > region.sum() and not (shell & np.logical_or.reduce(case.regions)).any()
         union += region
     assert union.max() == 1
@@ -103,4 +104,5 @@ def test_benchmark_scores_and_painting_table(tmp_path, monkeypatch):
     invisible = {(p["lesion"], p["contrast"]) for p in row["painting"]}
     assert invisible == {(les.name, c) for les in LESIONS for c in (
         "T1w", CE_T1W, "T2w", "FLAIR") if not les.visible_in(c)}
+    assert row["painting"][-1]["lesion"] == "no lesion (control)"
     assert all(isinstance(p["multi_not_worse"], bool) for p in row["painting"])

@@ -59,6 +59,12 @@ class Lesion:
         """Whether the lesion changes ``contrast`` at all."""
         return contrast in self.intensity or contrast in self.ring
 
+    @property
+    def is_control(self) -> bool:
+        """A region scored like a lesion but changed in no contrast: the error of a
+        lesion-free region of the same size, to compare the invisible lesions with."""
+        return not self.intensity and not self.ring
+
 
 # Intensities relative to white matter, from typical clinical appearance: T2w/FLAIR
 # hyperintense, T1w hypointense ("black holes"), ring enhancement around a necrotic core.
@@ -69,6 +75,7 @@ LESIONS = (
     Lesion("T2/FLAIR only", 10.0, {"T2w": 2.0, "FLAIR": 1.7}),
     Lesion("FLAIR only", 7.0, {"FLAIR": 1.8}),
     Lesion("enhancing nodule", 5.0, {CE_T1W: 1.3}),
+    Lesion("no lesion (control)", 8.0, {}),
 )
 
 
@@ -194,7 +201,8 @@ def lesion_contrast(volume: np.ndarray, region: np.ndarray, shell: np.ndarray) -
 
 
 def lesion_scores(volume: np.ndarray, case: LesionCase, contrast: str) -> list[dict]:
-    """Per lesion: whether it is visible in ``contrast``, the squared error summed over its
+    """Per lesion: whether it is visible in ``contrast`` (and whether it is a control), the
+    squared error summed over its
     region and the voxel count (pooled PSNR), its lesion-to-tissue contrast (rim minus shell
     where it has a rim in ``contrast``) in ``volume`` and in the truth, both as a percentage of
     the truth's intensity range in the head.
@@ -215,6 +223,7 @@ def lesion_scores(volume: np.ndarray, case: LesionCase, contrast: str) -> list[d
         err = volume[region].astype(np.float64) - truth[region]
         part = rim if contrast in lesion.ring else region
         out.append({"lesion": lesion.name, "visible": lesion.visible_in(contrast),
+                    "control": lesion.is_control,
                     "sse": float(np.sum(err ** 2)), "n": int(region.sum()),
                     "contrast_pct": 100 * lesion_contrast(volume, part, shell) / peak,
                     "truth_contrast_pct": 100 * lesion_contrast(truth, part, shell) / peak})
