@@ -188,7 +188,7 @@ s_sigterm() {
         > /dev/null || fail "could not start the container"
     # wait for training to start (N4 and registration come first), then a little more
     while "$DOCKER" logs "$name" > "$WS/logs/sigterm.log" 2>&1 \
-            && ! grep -q "INFO training " "$WS/logs/sigterm.log"; do
+            && ! grep -qE "INFO (sub-[^ ]+: )?training " "$WS/logs/sigterm.log"; do
         [[ "$("$DOCKER" inspect -f '{{.State.Running}}' "$name")" == true ]] \
             || fail "the run ended before training"
         (( waited++ < 1200 )) || fail "training did not start in 20 min"
