@@ -1,19 +1,22 @@
-"""Markdown table of one or more ``bench_robustness.py --json`` files (for docs/evaluation.md);
-a row found in several files is taken from the last.
+"""Markdown table of ``bench_robustness.py --json`` files (for docs/evaluation.md); a row found
+in several files is taken from the last.
+
+``--before FILE ...``: files of an earlier release whose ``default`` column is shown beside
+this one's as ``before`` (its mean over the seeds it ran).
 
 Usage::
 
-    python benchmarks/robustness_table.py benchmarks/results/robustness_a.json \
-        benchmarks/results/robustness_b.json
+    python benchmarks/robustness_table.py benchmarks/results/robustness_rect_*.json \
+        --before benchmarks/results/robustness_before_e.json
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
-METHODS = ("cubic", "cubic+bp", "previous", "net", "bp3", "default")
+METHODS = ("cubic", "cubic+bp", "net", "bp3", "default")
 
 
 def cell(summary: dict, method: str, contrast: str) -> str:
@@ -24,23 +27,38 @@ def cell(summary: dict, method: str, contrast: str) -> str:
     return f"{p:.2f}{spread} / {s:.3f}"
 
 
-def main(paths: list[str]) -> int:
-    by_name = {r["row"]: r for p in paths for r in json.loads(Path(p).read_text())["rows"]}
-    rows = list(by_name.values())  # a row measured again in a later file replaces it
-    print("| acquisition | contrast | " + " | ".join(METHODS)
-          + " | default - cubic (dB) | held-out gain (dB) | fitted FWHM (mm) |")
-    print("|" + "---|" * (len(METHODS) + 5))
-    for r in rows:
+def rows_of(paths: list[Path]) -> dict[str, dict]:
+    return {r["row"]: r for p in paths for r in json.loads(p.read_text())["rows"]}
+
+
+def gain(summary: dict, method: str, contrast: str) -> str:
+    if method not in summary:
+        return "-"
+    return f"{summary[method][contrast]['psnr'][0] - summary['cubic'][contrast]['psnr'][0]:+.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--before", nargs="*", type=Path, default=[])
+    a = p.parse_args(argv)
+    before = rows_of(a.before)
+    print("| acquisition | contrast | " + " | ".join(METHODS) + " | default - cubic (dB) "
+          "| before - cubic (dB) | held-out gain (dB) | modelled FWHM (mm) |")
+    print("|" + "---|" * (len(METHODS) + 6))
+    for r in rows_of(a.files).values():
         s = r["summary"]
+        old = before.get(r["row"], {}).get("summary", {})
         for c in s["cubic"]:
-            gain = s["default"][c]["psnr"][0] - s["cubic"][c]["psnr"][0]
             held = [h[c] for h in r["heldout_gain"] if h.get(c) is not None]
-            fw = [v["fitted"] for name, v in r["fwhm"][0].items() if name.split("_")[-1].startswith(c + ".")]
+            fw = [v["fitted"] for name, v in r["fwhm"][0].items()
+                  if name.split("_")[-1].startswith(c + ".")]
             print(f"| {r['row']} | {c} | " + " | ".join(cell(s, m, c) for m in METHODS)
-                  + f" | {gain:+.2f} | " + (", ".join(f"{h:+.1f}" for h in held) or "-")
+                  + f" | {gain(s, 'default', c)} | {gain(old, 'default', c)} | "
+                  + (", ".join(f"{h:+.1f}" for h in held) or "-")
                   + " | " + (", ".join(f"{f:.1f}" for f in fw if f is not None) or "-") + " |")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(main())

@@ -47,7 +47,7 @@ def test_outputs_page_explains(pattern):
 
 def test_method_page_states_the_design_and_citation():
     text = (DOCS / "method.md").read_text()
-    for fact in ("256 frequencies", "N(0, 4²)", "width 1024", "hash-grid", "Slice-profile",
+    for fact in ("256 frequencies", "N(0, 4²)", "width 1024", "hash-grid", "rectangular slab",
                  "mutual information", "McGinnis", "MICCAI"):
         assert fact in text, fact
 
