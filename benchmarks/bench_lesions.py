@@ -55,8 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from acquisitions import AX, COR, SAG, Acquisition, StackSpec, make_stacks  # noqa: E402
 from bench_robustness import template_case  # noqa: E402
 
-from bids_mcsr.evaluation.lesions import CE_T1W, LesionCase, build_lesion_case  # noqa: E402
-from bids_mcsr.evaluation.lesions import lesion_scores, pooled_psnr  # noqa: E402
+from bids_mcsr.evaluation.lesions import CE_T1W, LesionCase, build_lesion_case, lesion_scores, pooled_psnr  # noqa: E402  # noqa: E402
 from bids_mcsr.image.geometry import Grid  # noqa: E402
 from bids_mcsr.image.metrics import cubic_baseline, psnr, ssim  # noqa: E402
 from bids_mcsr.inr.config import SRConfig  # noqa: E402

@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bids_mcsr.evaluation.lesions import (CE_T1W, LESIONS, Lesion, build_lesion_case,
-                                          lesion_scores, place_lesions, pooled_psnr)
+from bids_mcsr.evaluation.lesions import (
+    CE_T1W,
+    LESIONS,
+    Lesion,
+    build_lesion_case,
+    lesion_scores,
+    place_lesions,
+    pooled_psnr,
+)
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 

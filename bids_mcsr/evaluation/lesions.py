@@ -31,7 +31,8 @@ SPACING_MM = 6.0  # least gap between two lesions' outlines
 
 @dataclass(frozen=True)
 class Lesion:
-    """One lesion: its size and its intensity per contrast.
+    """One lesion: its size and its intensity per contrast (a multiple of the white matter's,
+    or absent where the lesion is invisible).
 
     Parameters
     ----------
