@@ -124,6 +124,7 @@ class _Counting(torch.nn.Module):
         return self.inner(x)
 
 
+@pytest.mark.slow
 def test_a_paper_epoch_trains_on_every_voxel_once():
     stacks = tiny_case()
     frame = CoordinateFrame.from_stacks(stacks)
@@ -145,6 +146,7 @@ def test_a_paper_epoch_trains_on_every_voxel_once():
                           np.arange(len(samples)))
 
 
+@pytest.mark.slow
 def test_a_paper_run_uses_its_published_choices_and_a_flag_overrides_one():
     stacks = tiny_case()
     res = super_resolve(stacks, SRConfig(model="paper", epochs=1, threads=2, keep_network_output=True,

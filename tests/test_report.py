@@ -157,6 +157,7 @@ def test_report_renders_in_a_browser_with_every_image(tmp_path, subject):
     assert "Acquired vs super-resolved" in dom
 
 
+@pytest.mark.slow
 def test_report_from_the_files_of_a_real_tiny_fit(tmp_path, subject):
     from bids_mcsr.image.preprocess import save_stack
     from bids_mcsr.steps import superresolve

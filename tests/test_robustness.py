@@ -12,6 +12,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 from tiny_bids import fast_args, phantom, tiny_dataset, write_stack
 
 from bids_mcsr.cli.run import main
@@ -91,6 +92,7 @@ def _break_inputs(bids: Path) -> dict[str, tuple[str, str]]:
             "08": (t2.name, "does not overlap sub-08_T1w.nii.gz")}
 
 
+@pytest.mark.slow
 def test_bad_inputs_fail_their_subject_only_with_one_line_each(tmp_path):
     subjects = {s: ("T1w", "T2w") for s in ("01", "02", "03", "04", "05", "06", "07", "08")}
     bids = tiny_dataset(tmp_path / "bids", subjects)
@@ -110,6 +112,7 @@ def test_bad_inputs_fail_their_subject_only_with_one_line_each(tmp_path):
     assert not list(out.glob(".staging-*")) and not list(out.rglob(".tmp-*"))
 
 
+@pytest.mark.slow
 def test_single_contrast_runs_and_an_empty_subject_is_skipped(tmp_path):
     bids = tiny_dataset(tmp_path / "bids", {"01": ("T1w", "T2w"), "02": ("FLAIR",)})
     (bids / "sub-03" / "anat").mkdir(parents=True)
@@ -170,6 +173,7 @@ def test_parameter_count_matches_the_built_model():
         assert resources.parameter_count(spec, 3) == sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_rerun_skips_complete_force_replaces_whole_and_failed_force_keeps_old(tmp_path):
     bids = tiny_dataset(tmp_path / "bids", {"01": ("T1w", "T2w")})
     out, work = tmp_path / "out", tmp_path / "work"

@@ -40,6 +40,7 @@ def fitted(phantom):
     return super_resolve(stacks, SRConfig(model="fast", epochs=4, mi_stopping=False, seed=0), grid=grid)
 
 
+@pytest.mark.slow
 def test_training_reduces_loss_and_tracks_mi(fitted):
     n = fitted.epochs_run
     assert n == 4 and fitted.device.startswith(("cpu", "cuda"))
@@ -53,6 +54,7 @@ def test_training_reduces_loss_and_tracks_mi(fitted):
     assert fitted.final_mi == fitted.history["mi"][-1]
 
 
+@pytest.mark.slow
 def test_held_out_slices_rank_fits_as_the_truth_does(phantom, fitted):
     """A one-epoch fit is worse than the default by the truth, and by its held-out slices,
     for every contrast; the held-out gain over cubic has the truth's sign."""
@@ -68,6 +70,7 @@ def test_held_out_slices_rank_fits_as_the_truth_does(phantom, fitted):
         assert np.sign(fitted.validation[c]["gain_db"]) == np.sign(true_gain), c
 
 
+@pytest.mark.slow
 def test_multicontrast_sr_beats_cubic_bspline(phantom, fitted):
     """Stated margin: at least +1.5 dB PSNR and +0.03 SSIM over cubic B-spline, per contrast."""
     vols, stacks, grid, mask = phantom
@@ -80,6 +83,7 @@ def test_multicontrast_sr_beats_cubic_bspline(phantom, fitted):
         assert gain_ssim > 0.03, (c, gain_ssim)
 
 
+@pytest.mark.slow
 def test_output_is_on_the_grid_in_input_intensity_scale(phantom, fitted):
     vols, _, grid, mask = phantom
     assert fitted.volumes["T1w"].shape == grid.shape
@@ -124,6 +128,7 @@ def small_samples_and_model():
     return samples, build_model(model_spec("fast"), 2, 2 * frame.half_extent_mm), acquisition
 
 
+@pytest.mark.slow
 def test_mi_early_stopping_fires_before_the_last_epoch():
     samples, model, acquisition = small_samples_and_model()
     mi_points = samples.coords[samples.foreground][:2000].numpy()
@@ -133,6 +138,7 @@ def test_mi_early_stopping_fires_before_the_last_epoch():
     assert len(hist.mi) == hist.stopped_epoch
 
 
+@pytest.mark.slow
 def test_same_seed_same_output_and_single_contrast_runs():
     stacks = small_case()
     cfg = SRConfig(epochs=1, seed=3, threads=2)
@@ -146,6 +152,7 @@ def test_same_seed_same_output_and_single_contrast_runs():
     assert single.contrasts == ["T1w"] and single.final_mi is None
 
 
+@pytest.mark.slow
 def test_a_time_budget_stops_training():
     samples, model, acquisition = small_samples_and_model()
     cfg = TrainConfig(epochs=1000, min_steps_per_epoch=5, mi_stopping=False, max_seconds=2.0)
@@ -161,6 +168,7 @@ def test_a_time_budget_stops_training():
     assert spent.stopped_early and spent.epoch == [] and spent.stopped_epoch == 0
 
 
+@pytest.mark.slow
 def test_back_projection_makes_the_outputs_reproduce_their_stacks():
     """Without held-out slices to choose from, every round runs (and halves the misfit)."""
     stacks = small_case()
