@@ -19,7 +19,7 @@ from bids_mcsr.evaluation.lesions import (
     pooled_psnr,
 )
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _head(shape=(56, 64, 56)):

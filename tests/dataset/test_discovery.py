@@ -17,7 +17,7 @@ from bids_mcsr.dataset.units import SubjectSession
 from bids_mcsr.errors import InputError
 from bids_mcsr.steps import select_reference
 
-EXAMPLES = Path(__file__).parent / "data" / "bids-examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "bids-examples"
 
 
 def _layout(name: str, tmp_path: Path):

@@ -16,7 +16,7 @@ from tiny_bids import fast_args, tiny_dataset
 from bids_mcsr.evaluation.demo import build_demo
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _start(bids: Path, out: Path, work: Path, *extra: str, log: Path) -> subprocess.Popen:

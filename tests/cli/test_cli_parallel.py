@@ -13,7 +13,7 @@ from tiny_bids import tiny_dataset
 from bids_mcsr.cli.run import main
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TWO_UNITS = {"01": ("T1w", "T2w"), "02": ("T1w", "T2w")}
 
 

@@ -7,7 +7,7 @@ import pytest
 from bids_mcsr.dataset.discovery import discover, open_layout
 from bids_mcsr.workflows.participant import STEP_NAMES, init_participant_wf
 
-EXAMPLES = Path(__file__).parent / "data" / "bids-examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "bids-examples"
 CONFIG = {"model": "fast", "slice_profile": "gaussian", "epochs": 2, "seed": 0}
 
 
