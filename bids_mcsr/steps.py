@@ -76,7 +76,7 @@ def select_reference(in_files: list[str], contrasts: list[str], names: list[str]
 
 
 def register(moving_file: str, reference_file: str, contrast: str, out_file: str,
-             xfm_file: str, threads: int | None = None) -> tuple[str, str]:
+             xfm_file: str, threads: int | None = None, seed: int = 0) -> tuple[str, str]:
     """Rigidly align a stack file to the reference by rewriting its affine.
 
     The reference itself gets the identity.
@@ -93,6 +93,8 @@ def register(moving_file: str, reference_file: str, contrast: str, out_file: str
         Where the ITK text transform (reference -> moving points, LPS) is written.
     threads : int, optional
         ITK threads.
+    seed : int
+        The run's seed (ANTs' metric sampling).
 
     Returns
     -------
@@ -103,7 +105,7 @@ def register(moving_file: str, reference_file: str, contrast: str, out_file: str
     if Path(moving_file).resolve() == Path(reference_file).resolve():
         world, aligned = np.eye(4), moving
     else:
-        world, aligned = register_rigid(moving, load_stack(reference_file, "reference"), threads)
+        world, aligned = register_rigid(moving, load_stack(reference_file, "reference"), threads, seed)
     save_stack(aligned, Path(out_file))
     Path(xfm_file).write_text(itk_transform_text(world))
     return out_file, xfm_file

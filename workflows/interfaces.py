@@ -75,6 +75,7 @@ class _RegisterInputSpec(BaseInterfaceInputSpec):
     reference_file = File(exists=True, mandatory=True, desc="fixed stack")
     contrast = traits.Str(mandatory=True, desc="contrast of the moving stack")
     threads = traits.Int(1, usedefault=True, desc="ITK threads")
+    seed = traits.Int(0, usedefault=True, desc="seed of ANTs' metric sampling")
 
 
 class _RegisterOutputSpec(_StackOutputSpec):
@@ -91,7 +92,7 @@ class RigidRegister(SimpleInterface):
         out, xfm = steps.register(
             self.inputs.moving_file, self.inputs.reference_file, self.inputs.contrast,
             os.path.join(runtime.cwd, "registered.nii.gz"),
-            os.path.join(runtime.cwd, "xfm.txt"), self.inputs.threads)
+            os.path.join(runtime.cwd, "xfm.txt"), self.inputs.threads, self.inputs.seed)
         self._results["out_file"], self._results["xfm_file"] = out, xfm
         return runtime
 

@@ -55,12 +55,12 @@ def _stacks_source(bias_correction: str, omp_nthreads: int,
     return n4, "out_file", [(inputnode, n4, [("in_files", "in_file"), ("contrasts", "contrast")])]
 
 
-def _register_node(registration: str, omp_nthreads: int, stacks_source: pe.Node,
+def _register_node(registration: str, omp_nthreads: int, seed: int, stacks_source: pe.Node,
                    stacks_field: str, inputnode: pe.Node,
                    select_reference: pe.Node) -> tuple[pe.MapNode, list]:
     """Rigid registration to the reference stack, or identity transforms; with its edges."""
     if registration == "rigid":
-        register = pe.MapNode(RigidRegister(threads=omp_nthreads),
+        register = pe.MapNode(RigidRegister(threads=omp_nthreads, seed=seed),
                               iterfield=["moving_file", "contrast"], name="register",
                               n_procs=omp_nthreads)
         return register, [(stacks_source, register, [(stacks_field, "moving_file")]),
@@ -121,7 +121,8 @@ def init_participant_wf(unit: SubjectSession, sr_config: dict, *,
     stacks_source, stacks_field, connections = _stacks_source(bias_correction, omp_nthreads,
                                                               inputnode)
     select_reference = pe.Node(SelectReference(reference=reference), name="select_reference")
-    register, to_register = _register_node(registration, omp_nthreads, stacks_source,
+    register, to_register = _register_node(registration, omp_nthreads,
+                                           int(sr_config.get("seed", 0)), stacks_source,
                                            stacks_field, inputnode, select_reference)
     connections += to_register
     superres = _superres_node(sr_config, output_grid, omp_nthreads, mem_gb)
