@@ -133,8 +133,9 @@ class UnitScheduler:
             failure = StepFailure("derivatives", f"{type(err).__name__}: {err}")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        if self.stop and failure is None:
-            self.running.append(proc)  # reported as interrupted with the others
+        if self.stop:  # ended while the run stops (a unit started in the run's process group
+            # gets the group's signal too): reported as interrupted with the others
+            self.running.append(proc)
             return
         if failure is not None:
             self._failed(unit, failure)
