@@ -50,7 +50,6 @@ from bids_mcsr.evaluation.phantom import mni_truth  # noqa: E402
 from bids_mcsr.image.geometry import Grid  # noqa: E402
 from bids_mcsr.image.io import Stack  # noqa: E402
 from bids_mcsr.image.metrics import cubic_baseline, psnr, ssim  # noqa: E402
-from bids_mcsr.inr import acquisition_fit  # noqa: E402
 from bids_mcsr.inr.config import SRConfig  # noqa: E402
 from bids_mcsr.inr.superres import super_resolve  # noqa: E402
 
@@ -101,17 +100,15 @@ def pose_error(correction: np.ndarray, misplaced_by: np.ndarray, stack: Stack) -
 def slab_model(cap: float | None = None, scale: float | None = None):
     """The forward model with another cap on the slab width (x the spacing) and another
     modelled FWHM (x the header's thickness) than the app's."""
-    saved = (slice_profile.SLAB_MAX_OF_SPACING, acquisition_fit.SLAB_MAX_OF_SPACING,
-             slice_profile.SLAB_FWHM_OF_THICKNESS)
+    saved = slice_profile.SLAB_MAX_OF_SPACING, slice_profile.SLAB_FWHM_OF_THICKNESS
     if cap is not None:
-        slice_profile.SLAB_MAX_OF_SPACING = acquisition_fit.SLAB_MAX_OF_SPACING = cap
+        slice_profile.SLAB_MAX_OF_SPACING = cap
     if scale is not None:
         slice_profile.SLAB_FWHM_OF_THICKNESS = scale
     try:
         yield
     finally:
-        (slice_profile.SLAB_MAX_OF_SPACING, acquisition_fit.SLAB_MAX_OF_SPACING,
-         slice_profile.SLAB_FWHM_OF_THICKNESS) = saved
+        slice_profile.SLAB_MAX_OF_SPACING, slice_profile.SLAB_FWHM_OF_THICKNESS = saved
 
 
 def true_fwhm(spec) -> float | None:

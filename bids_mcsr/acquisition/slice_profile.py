@@ -35,8 +35,13 @@ def slab_fwhm(stack: Stack) -> float:
     blur (a Gaussian slab modelled at 0.68 of its FWHM still gains 3 dB over cubic;
     docs/evaluation.md).
     """
-    spacing = float(stack.voxel_sizes[stack.through_plane_axis])
-    return SLAB_FWHM_OF_THICKNESS * min(stack.thickness, SLAB_MAX_OF_SPACING * spacing)
+    return SLAB_FWHM_OF_THICKNESS * min(stack.thickness, widest_slab_mm(stack))
+
+
+def widest_slab_mm(stack: Stack) -> float:
+    """The thickest slab a stack is believed to have: :data:`SLAB_MAX_OF_SPACING` times its
+    slice spacing (a header above it is capped there and flagged)."""
+    return SLAB_MAX_OF_SPACING * float(stack.voxel_sizes[stack.through_plane_axis])
 
 
 def profile_offsets(profile: str, thickness: float,

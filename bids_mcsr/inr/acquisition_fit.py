@@ -5,7 +5,7 @@ misalignment left by registration. Both are parameters of the forward model:
 
 * the profile's full width at half maximum (FWHM, mm), initialised from the header
   (:func:`~bids_mcsr.acquisition.slice_profile.slab_fwhm`), learned in log scale and clipped to
-  ``[FWHM_MIN_OF_INPLANE x finest in-plane voxel, SLAB_MAX_OF_SPACING x spacing]``,
+  ``[FWHM_MIN_OF_INPLANE x finest in-plane voxel, slice_profile.widest_slab_mm]``,
   so it can neither collapse nor run away (on the robustness benchmark a width allowed above
   the spacing ran to its bound on some stacks and cost up to 8 dB);
 * a rigid correction (rotation vector and translation) applied to every sample point of the
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bids_mcsr.acquisition.slice_profile import SLAB_MAX_OF_SPACING, slab_fwhm
+from bids_mcsr.acquisition.slice_profile import slab_fwhm, widest_slab_mm
 from bids_mcsr.image.geometry import CoordinateFrame, stack_corners
 from bids_mcsr.image.io import Stack
 
@@ -68,9 +68,8 @@ class FittedAcquisition:
 def profile_bounds(stack: Stack) -> tuple[float, float]:
     """Physical range (mm) of a stack's slice-profile FWHM."""
     sizes = stack.voxel_sizes
-    spacing = float(sizes[stack.through_plane_axis])
     inplane = float(np.delete(sizes, stack.through_plane_axis).min())
-    return FWHM_MIN_OF_INPLANE * inplane, SLAB_MAX_OF_SPACING * spacing
+    return FWHM_MIN_OF_INPLANE * inplane, widest_slab_mm(stack)
 
 
 def _skew(v: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 
 from bids_mcsr.acquisition.backprojection import enforce_consistency
 from bids_mcsr.acquisition.holdout import choose_heldout, validate
-from bids_mcsr.acquisition.slice_profile import PROFILES, SLAB_MAX_OF_SPACING, slab_fwhm
+from bids_mcsr.acquisition.slice_profile import PROFILES, slab_fwhm, widest_slab_mm
 from bids_mcsr.image.geometry import (
     CoordinateFrame,
     Grid,
@@ -109,11 +109,10 @@ def _mi_points(region: np.ndarray, grid: Grid, frame: CoordinateFrame, config: S
 
 def _note_capped_headers(stacks: Sequence[Stack]) -> None:
     for s in stacks:
-        spacing = float(s.voxel_sizes[s.through_plane_axis])
-        if not s.is_isotropic and s.thickness > SLAB_MAX_OF_SPACING * spacing:
-            log.warning("%s: SliceThickness %.2f mm is more than the slice spacing %.2f mm; the "
-                        "slab is modelled %.2f mm wide (check the sidecar)", s.name, s.thickness,
-                        spacing, slab_fwhm(s))
+        if not s.is_isotropic and s.thickness > widest_slab_mm(s):
+            log.warning("%s: SliceThickness %.2f mm is more than the slice spacing allows "
+                        "(%.2f mm); the slab is modelled %.2f mm wide (check the sidecar)",
+                        s.name, s.thickness, widest_slab_mm(s), slab_fwhm(s))
 
 
 def _problem(stacks: Sequence[Stack], config: SRConfig, grid: Grid, reference: int) -> _Problem:
