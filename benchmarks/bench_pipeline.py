@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     t1c, t2c = n4_correct(t1, a.threads), n4_correct(t2, a.threads)
     steps["N4 (2 stacks)"] = time.perf_counter() - t
     t = time.perf_counter()
-    _, t2r = register_rigid(t2c, t1c, a.threads)
+    _, t2r = register_rigid(t2c, t1c)
     steps["rigid registration"] = time.perf_counter() - t
     curve = QualityCurve([t1c, t2r], grid, vols, mask, a.eval_points)
     res = super_resolve([t1c, t2r], SRConfig(model=a.model, epochs=a.epochs, slice_profile=a.profile,

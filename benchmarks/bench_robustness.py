@@ -13,6 +13,10 @@ method, every number the mean over ``--seeds`` with the spread (max - min) besid
   no held-out slices, 3 fixed rounds);
 * ``fixed-profile``: a refit without slice-profile learning;
 * ``fixed-pose``: a refit without pose refinement (rows with a misplaced stack);
+* ``pose-fit`` / ``profile-fit``: a refit with pose refinement (rows with a misplaced stack) /
+  with slice-profile learning (``--pose-fit`` / ``--profile-fit``); their fitted poses and
+  widths are kept in the JSON (``refits``);
+* ``epochs=N``: a refit with N epochs (its fit time in ``seconds``);
 * ``uncapped``: a refit whose slab may be wider than the slice spacing (the header's
   SliceThickness as it is, as before the cap of ``slice_profile.slab_fwhm``);
 * ``slab=X``: a refit with the modelled FWHM X times the header's thickness.
@@ -117,6 +121,16 @@ def true_fwhm(spec) -> float | None:
     return THIN_MM if spec.profile == "thin" else spec.thickness
 
 
+def fitted(result, stacks: list[Stack], row: Acquisition, moved: dict) -> dict:
+    """A fit's slice-profile widths (beside the truth's and the header's) and the residual
+    of its pose corrections after the injected misplacements."""
+    return {"fwhm": {s.name: {"fitted": a["fitted_fwhm_mm"], "true": true_fwhm(spec),
+                              "header": s.slice_thickness}
+                     for s, a, spec in zip(stacks, result.acquisition, row.stacks)},
+            "pose": {name: pose_error(np.asarray(a["pose_correction"]), moved[name], s)
+                     for s, a in zip(stacks, result.acquisition) for name in [s.name] if name in moved}}
+
+
 def run_row(row: Acquisition, seed: int, case, methods: list[str], threads: int) -> dict:
     """Every method on one acquisition row for one seed (refits only for ``methods``)."""
     truth, affine, mask = case
@@ -141,11 +155,8 @@ def run_row(row: Acquisition, seed: int, case, methods: list[str], threads: int)
     out["methods"]["bp3"] = scores(bp3, truth, mask, thick)
     out["rounds"] = {c: res.validation[c].get("consistency_rounds") for c in thick}
     out["heldout_gain"] = {c: res.validation[c]["gain_db"] for c in thick}
-    out["fwhm"] = {s.name: {"fitted": a["fitted_fwhm_mm"], "true": true_fwhm(spec),
-                            "header": s.slice_thickness}
-                   for s, a, spec in zip(stacks, res.acquisition, row.stacks)}
-    out["pose"] = {name: pose_error(np.asarray(a["pose_correction"]), moved[name], s)
-                   for s, a in zip(stacks, res.acquisition) for name in [s.name] if name in moved}
+    out.update(fitted(res, stacks, row, moved))
+    out["refits"] = {}
     out["noise_percent"] = {s.name: a["noise_percent"] for s, a in zip(stacks, res.acquisition)}
     if "previous" in methods:
         alt = super_resolve(stacks, SRConfig(seed=seed, threads=threads, learn_profile=False,
@@ -162,6 +173,21 @@ def run_row(row: Acquisition, seed: int, case, methods: list[str], threads: int)
     for method in (m for m in methods if m.startswith("slab=")):
         with slab_model(scale=float(method.split("=")[1])):
             alt = super_resolve(stacks, SRConfig(seed=seed, threads=threads), grid=grid)
+        out["methods"][method] = scores(alt.volumes, truth, mask, thick)
+    if "pose-fit" in methods and moved:
+        alt = super_resolve(stacks, SRConfig(seed=seed, threads=threads, refine_registration=True),
+                            grid=grid)
+        out["methods"]["pose-fit"] = scores(alt.volumes, truth, mask, thick)
+        out["refits"]["pose-fit"] = fitted(alt, stacks, row, moved)
+    if "profile-fit" in methods:
+        alt = super_resolve(stacks, SRConfig(seed=seed, threads=threads, learn_profile=True), grid=grid)
+        out["methods"]["profile-fit"] = scores(alt.volumes, truth, mask, thick)
+        out["refits"]["profile-fit"] = fitted(alt, stacks, row, moved)
+    for method in (m for m in methods if m.startswith("epochs=")):
+        t0 = time.perf_counter()
+        alt = super_resolve(stacks, SRConfig(seed=seed, threads=threads,
+                                             epochs=int(method.split("=")[1])), grid=grid)
+        out["seconds"][method] = time.perf_counter() - t0
         out["methods"][method] = scores(alt.volumes, truth, mask, thick)
     if "fixed-pose" in methods and moved:
         alt = super_resolve(stacks, SRConfig(seed=seed, threads=threads, refine_registration=False),
@@ -200,7 +226,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--rows", default=None, help="comma-separated row numbers (default: all)")
     p.add_argument("--methods", default="previous,fixed-pose",
-                   help="refits beside the default (previous, fixed-profile, fixed-pose, uncapped, slab=X)")
+                   help="refits beside the default (previous, fixed-profile, fixed-pose, uncapped, slab=X, "
+                        "pose-fit, profile-fit, epochs=N)")
     p.add_argument("--method-seeds", default="0",
                    help="seeds of the refits beside the default (CPU budget)")
     p.add_argument("--crop", default="64,80,64", help="truth crop (voxels of 1 mm)")
@@ -226,7 +253,8 @@ def main(argv=None) -> int:
                  "rounds": [r["rounds"] for r in results],
                  "heldout_gain": [r["heldout_gain"] for r in results],
                  "noise_percent": [r["noise_percent"] for r in results],
-                 "seconds": [r["seconds"] for r in results]}
+                 "seconds": [r["seconds"] for r in results],
+                 "refits": [r["refits"] for r in results]}
         fw = "; ".join(f"{n.split('_')[-1].split('.')[0]} {v['fitted'] or 0:.2f}"
                        f" (true {v['true'] or 0:.1f}, header {v['header'] or 0:.1f})"
                        for r in results[:1] for n, v in r["fwhm"].items())

@@ -7,6 +7,7 @@ workflow engine can cache it; none of them knows about nipype.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -76,7 +77,7 @@ def select_reference(in_files: list[str], contrasts: list[str], names: list[str]
 
 
 def register(moving_file: str, reference_file: str, contrast: str, out_file: str,
-             xfm_file: str, threads: int | None = None, seed: int = 0) -> tuple[str, str]:
+             xfm_file: str, seed: int = 0) -> tuple[str, str]:
     """Rigidly align a stack file to the reference by rewriting its affine.
 
     The reference itself gets the identity.
@@ -91,8 +92,6 @@ def register(moving_file: str, reference_file: str, contrast: str, out_file: str
         Where the moving stack is written with its new affine (voxels unchanged).
     xfm_file : str
         Where the ITK text transform (reference -> moving points, LPS) is written.
-    threads : int, optional
-        ITK threads.
     seed : int
         The run's seed (ANTs' metric sampling).
 
@@ -105,7 +104,7 @@ def register(moving_file: str, reference_file: str, contrast: str, out_file: str
     if Path(moving_file).resolve() == Path(reference_file).resolve():
         world, aligned = np.eye(4), moving
     else:
-        world, aligned = register_rigid(moving, load_stack(reference_file, "reference"), threads, seed)
+        world, aligned = register_rigid(moving, load_stack(reference_file, "reference"), seed)
     save_stack(aligned, Path(out_file))
     Path(xfm_file).write_text(itk_transform_text(world))
     return out_file, xfm_file
@@ -123,7 +122,8 @@ def _note_isotropic(stacks: list[Stack]) -> None:
 
 def superresolve(in_files: list[str], contrasts: list[str],
                  thicknesses: list[float | None], out_dir: str, config: dict,
-                 output_grid: str | None = None, reference_index: int | None = None) -> dict:
+                 output_grid: str | None = None, reference_index: int | None = None,
+                 source_files: list[str] | None = None) -> dict:
     """Fit the INR to registered stack files and write its outputs to ``out_dir``.
 
     Parameters
@@ -138,6 +138,9 @@ def superresolve(in_files: list[str], contrasts: list[str],
         NIfTI whose grid the outputs are sampled on.
     reference_index : int, optional
         The reference stack (:func:`select_reference`): orients the output grid, keeps its pose.
+    source_files : list of str, optional
+        The input files the stacks come from: messages and records name them, not the
+        registered copies.
 
     Returns
     -------
@@ -147,6 +150,8 @@ def superresolve(in_files: list[str], contrasts: list[str],
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stacks = [load_stack(f, c, t) for f, c, t in zip(in_files, contrasts, thicknesses)]
+    if source_files:
+        stacks = [replace(s, path=str(src)) for s, src in zip(stacks, source_files)]
     check_overlap(stacks)
     _note_isotropic(stacks)
     sr_config = SRConfig(**config)

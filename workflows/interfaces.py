@@ -74,7 +74,6 @@ class _RegisterInputSpec(BaseInterfaceInputSpec):
     moving_file = File(exists=True, mandatory=True, desc="stack to align")
     reference_file = File(exists=True, mandatory=True, desc="fixed stack")
     contrast = traits.Str(mandatory=True, desc="contrast of the moving stack")
-    threads = traits.Int(1, usedefault=True, desc="ITK threads")
     seed = traits.Int(0, usedefault=True, desc="seed of ANTs' metric sampling")
 
 
@@ -92,7 +91,7 @@ class RigidRegister(SimpleInterface):
         out, xfm = steps.register(
             self.inputs.moving_file, self.inputs.reference_file, self.inputs.contrast,
             os.path.join(runtime.cwd, "registered.nii.gz"),
-            os.path.join(runtime.cwd, "xfm.txt"), self.inputs.threads, self.inputs.seed)
+            os.path.join(runtime.cwd, "xfm.txt"), self.inputs.seed)
         self._results["out_file"], self._results["xfm_file"] = out, xfm
         return runtime
 
@@ -117,6 +116,8 @@ class IdentityTransform(SimpleInterface):
 
 class _SuperResolveInputSpec(BaseInterfaceInputSpec):
     in_files = InputMultiObject(File(exists=True), mandatory=True, desc="registered stacks")
+    source_files = traits.List(traits.Str, mandatory=True,
+                               desc="the input files they come from (for messages and records)")
     contrasts = traits.List(traits.Str, mandatory=True, desc="their contrasts")
     thicknesses = traits.List(traits.Either(None, traits.Float), mandatory=True,
                               desc="their slice thicknesses in mm (None: the spacing)")
@@ -143,7 +144,7 @@ class SuperResolve(SimpleInterface):
         self._results.update(steps.superresolve(
             list(self.inputs.in_files), self.inputs.contrasts, self.inputs.thicknesses,
             os.path.join(runtime.cwd, "sr"), self.inputs.config, self.inputs.output_grid,
-            self.inputs.reference_index))
+            self.inputs.reference_index, self.inputs.source_files))
         return runtime
 
 

@@ -55,14 +55,13 @@ def _stacks_source(bias_correction: str, omp_nthreads: int,
     return n4, "out_file", [(inputnode, n4, [("in_files", "in_file"), ("contrasts", "contrast")])]
 
 
-def _register_node(registration: str, omp_nthreads: int, seed: int, stacks_source: pe.Node,
+def _register_node(registration: str, seed: int, stacks_source: pe.Node,
                    stacks_field: str, inputnode: pe.Node,
                    select_reference: pe.Node) -> tuple[pe.MapNode, list]:
     """Rigid registration to the reference stack, or identity transforms; with its edges."""
     if registration == "rigid":
-        register = pe.MapNode(RigidRegister(threads=omp_nthreads, seed=seed),
-                              iterfield=["moving_file", "contrast"], name="register",
-                              n_procs=omp_nthreads)
+        register = pe.MapNode(RigidRegister(seed=seed),  # one ITK thread: reproducible
+                              iterfield=["moving_file", "contrast"], name="register")
         return register, [(stacks_source, register, [(stacks_field, "moving_file")]),
                           (inputnode, register, [("contrasts", "contrast")]),
                           (select_reference, register, [("reference_file", "reference_file")])]
@@ -121,8 +120,8 @@ def init_participant_wf(unit: SubjectSession, sr_config: dict, *,
     stacks_source, stacks_field, connections = _stacks_source(bias_correction, omp_nthreads,
                                                               inputnode)
     select_reference = pe.Node(SelectReference(reference=reference), name="select_reference")
-    register, to_register = _register_node(registration, omp_nthreads,
-                                           int(sr_config.get("seed", 0)), stacks_source,
+    register, to_register = _register_node(registration, int(sr_config.get("seed", 0)),
+                                           stacks_source,
                                            stacks_field, inputnode, select_reference)
     connections += to_register
     superres = _superres_node(sr_config, output_grid, omp_nthreads, mem_gb)
@@ -131,7 +130,8 @@ def init_participant_wf(unit: SubjectSession, sr_config: dict, *,
         (stacks_source, select_reference, [(stacks_field, "in_files")]),
         (inputnode, select_reference, [("contrasts", "contrasts"), ("names", "names")]),
         (register, superres, [("out_file", "in_files")]),
-        (inputnode, superres, [("contrasts", "contrasts"), ("thicknesses", "thicknesses")]),
+        (inputnode, superres, [("contrasts", "contrasts"), ("thicknesses", "thicknesses"),
+                               ("in_files", "source_files")]),
         (superres, qc, [("result", "result")]),
         (register, outputnode, [("xfm_file", "xfm_files")]),
         (select_reference, outputnode, [("index", "reference_index")]),

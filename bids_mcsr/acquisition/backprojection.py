@@ -13,10 +13,13 @@ stacks do hold (in-plane texture at the stacks' native spacing). Iterative back-
 
 The INR supplies what no single stack measures (through-plane detail, shared anatomy from the
 other contrasts); the back-projection keeps what the stacks measure exactly. It would also put
-back their noise: each stack's residual is therefore weighted, every round, by its Wiener
-gain ``max(0, 1 - sigma^2 / mean residual power)`` over the stack's foreground, with
-``sigma`` the stack's estimated noise (:mod:`bids_mcsr.image.noise`). A residual at the noise
-floor is not back-projected at all; one far above it is back-projected whole.
+back their noise: each stack's residual is therefore weighted, every round and voxel by
+voxel, by a local Wiener gain ``max(0, 1 - sigma^2 / local residual power)``, the power
+averaged over a small in-plane window of the voxel's slice and ``sigma`` the stack's
+estimated noise (:mod:`bids_mcsr.image.noise`). A residual at the noise floor is not
+back-projected; a local one far above it (an edge the network smoothed, a lesion it missed
+or painted in from another contrast) is back-projected whole, however small its share of
+the stack's power.
 """
 
 from __future__ import annotations
@@ -26,19 +29,36 @@ from typing import Iterator, Sequence
 import numpy as np
 from scipy import ndimage
 
-from bids_mcsr.acquisition.slice_profile import PROFILE_SAMPLES, resimulate_stack, stack_profile
+from bids_mcsr.acquisition.slice_profile import (
+    PROFILE_SAMPLES,
+    in_threads,
+    resimulate_stack,
+    spline_coefficients,
+    stack_profile,
+)
 from bids_mcsr.image.geometry import Grid
 from bids_mcsr.image.io import Stack
 
 DEFAULT_CONSISTENCY_ITERATIONS = 3  # chosen on the benchmark cases (docs/evaluation.md)
 MIN_INPLANE_RATIO = 0.5  # stacks sampled much finer in-plane than the output are not back-projected
+BLOCK_PLANES = 16  # grid planes back-projected at once (fixed: results do not depend on threads)
+WIENER_WINDOW = 7  # in-plane voxels a side of the local residual power (49 values: +-20 % at the floor)
 
 
-def back_project(residual: np.ndarray, stack: Stack, grid: Grid) -> np.ndarray:
-    """A stack-space ``residual`` on ``grid``, linearly interpolated (edge values outside)."""
+def back_project(residual: np.ndarray, stack: Stack, grid: Grid, workers: int = 1) -> np.ndarray:
+    """A stack-space ``residual`` on ``grid``, linearly interpolated (edge values outside);
+    in blocks of :data:`BLOCK_PLANES` grid planes, ``workers`` at a time."""
     vox = np.linalg.inv(stack.affine) @ grid.affine
-    return ndimage.affine_transform(residual.astype(np.float32), vox[:3, :3], vox[:3, 3],
-                                    output_shape=grid.shape, order=1, mode="nearest")
+    source = residual.astype(np.float32)
+    out = np.empty(grid.shape, np.float32)
+
+    def block(first: int) -> None:
+        planes = out[first:first + BLOCK_PLANES]
+        ndimage.affine_transform(source, vox[:3, :3], vox[:3, :3] @ [first, 0, 0] + vox[:3, 3],
+                                 output_shape=planes.shape, output=planes, order=1, mode="nearest")
+
+    in_threads(block, range(0, grid.shape[0], BLOCK_PLANES), workers)
+    return out
 
 
 def coverage(stack: Stack, grid: Grid) -> np.ndarray:
@@ -71,14 +91,22 @@ def fill_from_neighbours(values: np.ndarray, axis: int, slices: Sequence[int]) -
     return out
 
 
-def residual_weight(residual: np.ndarray, mask: np.ndarray | None, sigma: float | None) -> float:
-    """Wiener gain of a stack's residual: the share of its power (inside ``mask``) above the
-    noise floor ``sigma``; 1 when the noise is unknown."""
+def residual_gain(residual: np.ndarray, axis: int, sigma: float | None) -> np.ndarray | float:
+    """Local Wiener gain of a stack's residual: per voxel, the share of the residual's power
+    above the noise floor ``sigma``, the power averaged over a :data:`WIENER_WINDOW`-voxel
+    square of the voxel's slice (``axis`` is the through-plane axis); 1 when the noise is
+    unknown.
+
+    >>> flat = np.full((9, 9, 2), 2.0)
+    >>> float(residual_gain(flat, 2, 1.0).min()), residual_gain(flat, 2, None)
+    (0.75, 1.0)
+    """
     if sigma is None:
         return 1.0
-    values = residual[mask] if mask is not None and mask.any() else residual
-    power = float(np.mean(np.square(values, dtype=np.float64)))
-    return 0.0 if power <= 0 else max(0.0, 1.0 - sigma ** 2 / power)
+    size = [WIENER_WINDOW] * 3
+    size[axis] = 1
+    power = ndimage.uniform_filter(np.square(residual, dtype=np.float32), size, mode="reflect")
+    return np.clip(1.0 - sigma ** 2 / np.maximum(power, np.finfo(np.float32).tiny), 0.0, 1.0)
 
 
 def enforce_consistency(volume: np.ndarray, grid: Grid, stacks: Sequence[Stack], profile: str,
@@ -93,8 +121,7 @@ def enforce_consistency(volume: np.ndarray, grid: Grid, stacks: Sequence[Stack],
 def consistency_rounds(volume: np.ndarray, grid: Grid, stacks: Sequence[Stack], profile: str,
                        iterations: int, n_samples: int = PROFILE_SAMPLES,
                        heldout: Sequence[Sequence[int]] | None = None,
-                       noise: Sequence[float] | None = None,
-                       masks: Sequence[np.ndarray] | None = None) -> Iterator[np.ndarray]:
+                       noise: Sequence[float] | None = None, workers: int = 1) -> Iterator[np.ndarray]:
     """Back-project the residuals of ``stacks`` into ``volume``, round after round.
 
     Parameters
@@ -113,10 +140,11 @@ def consistency_rounds(volume: np.ndarray, grid: Grid, stacks: Sequence[Stack], 
     heldout
         Per stack, slices whose residual is not used: it is filled in from their two
         neighbours, as if they had not been acquired.
-    noise, masks
-        Per stack, the noise standard deviation and the foreground where the residual's
-        power is measured: residuals are weighted by :func:`residual_weight` (None: every
-        residual whole, classic back-projection).
+    noise
+        Per stack, the noise standard deviation: residuals are weighted by
+        :func:`residual_gain` (None: every residual whole, classic back-projection).
+    workers
+        Threads of the re-simulation and back-projection (the result does not depend on it).
 
     Yields
     ------
@@ -129,21 +157,21 @@ def consistency_rounds(volume: np.ndarray, grid: Grid, stacks: Sequence[Stack], 
     n = len(stacks)
     held = [[] for _ in range(n)] if heldout is None else [list(h) for h in heldout]
     sigmas = [None] * n if noise is None else list(noise)
-    fg = [None] * n if masks is None else list(masks)
     usable = [k for k in range(n) if usable_for_back_projection(stacks[k], grid)]
     if not usable:
         return
     covered = [coverage(stacks[k], grid) for k in usable]
     n_covering = np.maximum(np.sum(covered, axis=0, dtype=np.float32), 1.0)
     for _ in range(iterations):
+        coeffs = spline_coefficients(out)  # once for every stack of the round
         correction = np.zeros(grid.shape, np.float32)
         for k, inside in zip(usable, covered):
             stack = stacks[k]
-            predicted = resimulate_stack(out, grid, stack, stack_profile(stack, profile), n_samples,
-                                         outside="edge")
+            predicted = resimulate_stack(coeffs, grid, stack, stack_profile(stack, profile), n_samples,
+                                         outside="edge", prefiltered=True, workers=workers)
             residual = fill_from_neighbours(stack.data - predicted, stack.through_plane_axis, held[k])
-            residual *= residual_weight(residual, fg[k], sigmas[k])
-            values = back_project(residual, stack, grid)
+            residual *= residual_gain(residual, stack.through_plane_axis, sigmas[k])
+            values = back_project(residual, stack, grid, workers)
             values[~inside] = 0.0
             correction += values
             del values

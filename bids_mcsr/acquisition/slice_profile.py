@@ -6,6 +6,8 @@ sample points along the slice normal, at offsets (mm) from the voxel centre.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from scipy import ndimage
 
@@ -19,7 +21,7 @@ SLAB_MAX_OF_SPACING = 1.0  # the widest slab the forward model gives a stack, x 
 # of that thickness (sigma = thickness / sqrt(12)), 0.68
 SLAB_FWHM_OF_THICKNESS = 2.0 * np.sqrt(2.0 * np.log(2.0)) / np.sqrt(12.0)
 PROFILE_SAMPLES = 5  # quadrature points across a slab (forward model, back-projection, scoring)
-RESIMULATE_CHUNK = 2**20  # stack voxels re-simulated at once (bounds the coordinate arrays)
+RESIMULATE_CHUNK = 2**18  # stack voxels re-simulated at once (bounds the coordinate arrays)
 
 
 def slab_fwhm(stack: Stack) -> float:
@@ -40,8 +42,20 @@ def slab_fwhm(stack: Stack) -> float:
 
 def widest_slab_mm(stack: Stack) -> float:
     """The thickest slab a stack is believed to have: :data:`SLAB_MAX_OF_SPACING` times its
-    slice spacing (a header above it is capped there and flagged)."""
+    slice spacing (a header above it is capped there and flagged by :func:`header_too_thick`)."""
     return SLAB_MAX_OF_SPACING * float(stack.voxel_sizes[stack.through_plane_axis])
+
+
+def header_too_thick(stack: Stack) -> bool:
+    """Whether a thick stack's SliceThickness exceeds :func:`widest_slab_mm` (by more than
+    0.1 %: a rotated affine's spacing of 4.9999996 mm is 5 mm).
+
+    >>> from bids_mcsr.image.io import Stack
+    >>> affine = np.diag([1, 1, 4.9999996, 1])
+    >>> [header_too_thick(Stack(np.zeros((4, 4, 4)), affine, "T1w", slice_thickness=t)) for t in (5, 6)]
+    [False, True]
+    """
+    return not stack.is_isotropic and stack.thickness > 1.001 * widest_slab_mm(stack)
 
 
 def profile_offsets(profile: str, thickness: float,
@@ -84,14 +98,16 @@ def spline_coefficients(volume: np.ndarray) -> np.ndarray:
 
 def resimulate_stack(volume: np.ndarray, grid: Grid, stack: Stack, profile: str = "gaussian",
                      n_samples: int = PROFILE_SAMPLES, outside: str = "zero",
-                     prefiltered: bool = False) -> np.ndarray:
+                     prefiltered: bool = False, workers: int = 1) -> np.ndarray:
     """Predict an acquired stack from a volume on ``grid`` (data-consistency check).
 
     Each voxel of ``stack`` is the profile-weighted mean of the volume, cubic-spline
     interpolated at points along the slice normal. Points outside the grid read 0
     (``outside="zero"``) or the nearest edge voxel (``outside="edge"``). Works through the
-    stack in chunks of :data:`RESIMULATE_CHUNK` voxels. ``prefiltered``: ``volume`` holds
-    :func:`spline_coefficients` already (re-simulating several stacks from one volume).
+    stack in chunks of :data:`RESIMULATE_CHUNK` voxels, ``workers`` chunks at a time (threads:
+    SciPy's interpolation releases the GIL; the result does not depend on ``workers``).
+    ``prefiltered``: ``volume`` holds :func:`spline_coefficients` already (re-simulating
+    several stacks from one volume).
     """
     offsets, weights = profile_offsets(profile, slab_fwhm(stack), n_samples)
     normal = slice_normal(stack)
@@ -100,11 +116,25 @@ def resimulate_stack(volume: np.ndarray, grid: Grid, stack: Stack, profile: str 
     step = np.linalg.inv(grid.affine[:3, :3]) @ normal  # 1 mm along the normal, in grid voxels
     mode = "constant" if outside == "zero" else "nearest"
     out = np.zeros(stack.data.size)
-    for start in range(0, stack.data.size, RESIMULATE_CHUNK):
+
+    def chunk(start: int) -> None:
         stop = min(start + RESIMULATE_CHUNK, stack.data.size)
         idx = np.stack(np.unravel_index(np.arange(start, stop), stack.data.shape)).astype(np.float64)
         gidx = stack_to_grid[:3, :3] @ idx + stack_to_grid[:3, 3:4]
         for off, w in zip(offsets, weights):
             out[start:stop] += w * ndimage.map_coordinates(coeffs, gidx + (off * step)[:, None],
                                                            order=3, prefilter=False, mode=mode)
+
+    in_threads(chunk, range(0, stack.data.size, RESIMULATE_CHUNK), workers)
     return out.reshape(stack.data.shape).astype(np.float32)
+
+
+def in_threads(job, items, workers: int) -> None:
+    """Run ``job`` on every item, ``workers`` at a time in threads (in order when 1)."""
+    if workers <= 1:
+        for item in items:
+            job(item)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        for _ in pool.map(job, items):  # re-raises a job's exception
+            pass

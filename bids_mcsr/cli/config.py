@@ -47,7 +47,7 @@ class RunConfig:
     slice_profile: str
     consistency_iterations: int
     profile_fit: bool
-    pose_fit: bool
+    pose_fit: bool | None
     holdout_fraction: float
     epochs: int | None
     seed: int

@@ -13,11 +13,12 @@ class SRConfig:
     """User-facing settings of :func:`super_resolve` (``None`` = the model's default,
     :func:`bids_mcsr.inr.presets.model_spec`; :meth:`resolved` fills them in).
 
-    ``learn_profile``/``refine_registration``: fit each thick stack's slice-profile width /
-    rigid pose with the network (off by default: on the robustness benchmark they win where
-    the header or the profile shape is wrong and lose where it is right,
-    docs/evaluation.md). ``holdout_fraction`` of each thick stack's slices are
-    withheld from training to score the fit against cubic interpolation.
+    ``learn_profile``: fit each thick stack's slice-profile width with the network (off by
+    default: on the robustness benchmark it wins where the header or the profile shape is
+    wrong and loses where it is right, docs/evaluation.md); ``refine_registration``: refine
+    each stack's rigid pose with the network (the model's choice when None).
+    ``holdout_fraction`` of each thick stack's slices are withheld from training to score the
+    fit against cubic interpolation.
     ``keep_network_output`` also returns each contrast's volume before back-projection
     (for benchmarks).
     """
@@ -42,13 +43,14 @@ class SRConfig:
     finest_mm: float | None = None
     consistency_iterations: int | None = None
     learn_profile: bool = False
-    refine_registration: bool = False
+    refine_registration: bool | None = None
     holdout_fraction: float | None = None
     keep_network_output: bool = False
 
     def resolved(self) -> SRConfig:
         """These settings with every unset per-run choice (slice profile, back-projection
-        rounds, held-out share, background share, intensity scaling, MI stopping) taken from the model.
+        rounds, held-out share, background share, intensity scaling, MI stopping, pose
+        refinement) taken from the model.
 
         Returns
         -------

@@ -23,7 +23,7 @@ MI_MIN_EPOCHS = 6  # the MI rule never stops before this epoch
 # the settings a user may choose per run (SRConfig fields, command-line options); unset (None),
 # they take the model's value
 RUN_CHOICES = ("slice_profile", "consistency_iterations", "holdout_fraction",
-               "background_fraction", "intensity_scaling", "mi_stopping")
+               "background_fraction", "intensity_scaling", "mi_stopping", "refine_registration")
 
 
 @dataclass
@@ -58,6 +58,9 @@ class ModelSpec:
         Rounds of back-projection after inference (0: none).
     holdout_fraction
         Share of each thick stack's slices withheld to score the fit (0: none).
+    refine_registration
+        Refine every stack's rigid pose but the reference's during the fit
+        (:class:`bids_mcsr.inr.acquisition_fit.StackAcquisition`).
     mi_stopping
         Stop when the MI between the predicted contrasts plateaus (:data:`MI_WINDOW`,
         :data:`MI_TOLERANCE_NATS`, not before :data:`MI_MIN_EPOCHS`); the published code
@@ -85,6 +88,7 @@ class ModelSpec:
     consistency_iterations: int = DEFAULT_CONSISTENCY_ITERATIONS
     holdout_fraction: float = HOLDOUT_FRACTION
     mi_stopping: bool = True
+    refine_registration: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -12,7 +12,7 @@ import torch
 
 from bids_mcsr.acquisition.backprojection import enforce_consistency
 from bids_mcsr.acquisition.holdout import choose_heldout, validate
-from bids_mcsr.acquisition.slice_profile import PROFILES, slab_fwhm, widest_slab_mm
+from bids_mcsr.acquisition.slice_profile import PROFILES, header_too_thick, slab_fwhm, widest_slab_mm
 from bids_mcsr.image.geometry import (
     CoordinateFrame,
     Grid,
@@ -109,7 +109,7 @@ def _mi_points(region: np.ndarray, grid: Grid, frame: CoordinateFrame, config: S
 
 def _note_capped_headers(stacks: Sequence[Stack]) -> None:
     for s in stacks:
-        if not s.is_isotropic and s.thickness > widest_slab_mm(s):
+        if header_too_thick(s):
             log.warning("%s: SliceThickness %.2f mm is more than the slice spacing allows "
                         "(%.2f mm); the slab is modelled %.2f mm wide (check the sidecar)",
                         s.name, s.thickness, widest_slab_mm(s), slab_fwhm(s))
@@ -184,13 +184,13 @@ def _to_volumes(pred: np.ndarray, stacks: Sequence[Stack], problem: _Problem, no
         t0 = time.perf_counter()
         errors, curve = validate(network, problem.grid, scaled, [problem.heldout[k] for k in own],
                                  own_masks, config.slice_profile, config.consistency_iterations,
-                                 config.profile_samples, sigmas)
+                                 config.profile_samples, sigmas, torch.get_num_threads())
         scoring_s += time.perf_counter() - t0
         validation[c] = heldout_summary(errors, span, config.consistency_iterations, curve)
         validation[c]["stacks"] = [heldout_summary([e], span) for e in errors]  # in stack order
         volumes[c] = enforce_consistency(network, problem.grid, scaled, config.slice_profile,
                                          config.consistency_iterations, config.profile_samples,
-                                         noise=sigmas, masks=own_masks)
+                                         noise=sigmas, workers=torch.get_num_threads())
         log.info("%s: held-out slices %s", c, describe_gain(validation[c]))
     return volumes, validation, network_volumes, scoring_s
 

@@ -61,8 +61,10 @@ def test_unset_choices_take_the_model_value_and_given_ones_stay():
     paper = SRConfig(model="paper").resolved()
     assert {name: getattr(paper, name) for name in RUN_CHOICES} == {
         "slice_profile": "none", "consistency_iterations": 0, "holdout_fraction": 0.0,
-        "background_fraction": 1.0, "intensity_scaling": "minmax", "mi_stopping": False}
+        "background_fraction": 1.0, "intensity_scaling": "minmax", "mi_stopping": False,
+        "refine_registration": False}
     assert SRConfig().resolved().mi_stopping is True  # ours stops when MI plateaus
+    assert SRConfig(refine_registration=True).resolved().refine_registration is True
     mixed = SRConfig(model="paper", slice_profile="gaussian", consistency_iterations=2).resolved()
     assert (mixed.slice_profile, mixed.consistency_iterations, mixed.holdout_fraction) == ("gaussian", 2, 0.0)
     assert SRConfig().resolved().slice_profile == "gaussian"

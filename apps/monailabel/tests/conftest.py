@@ -24,10 +24,9 @@ APP = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # the server's --conf settings and the same run as bids-mcsr options: seconds, not minutes
 CONF = {"seed": "0", "epochs": "1", "device": "cpu", "nprocs": "1", "omp_nthreads": "1",
-        "bias_correction": "none", "registration": "none", "skip_bids_validation": "true"}
+        "bias_correction": "none", "skip_bids_validation": "true"}
 CLI_OPTIONS = ["--seed", "0", "--epochs", "1", "--device", "cpu", "--nprocs", "1",
-               "--omp-nthreads", "1", "--bias-correction", "none", "--registration", "none",
-               "--skip-bids-validation"]
+               "--omp-nthreads", "1", "--bias-correction", "none", "--skip-bids-validation"]
 UNITS = {"sub-01": ("T1w", "T2w"), "sub-02": ("T1w", "T2w"), "sub-03/ses-1": ("T1w", "FLAIR")}
 START_TIMEOUT_S = 180
 

