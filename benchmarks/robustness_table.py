@@ -2,7 +2,8 @@
 in several files is taken from the last.
 
 ``--before FILE ...``: files of an earlier release whose ``default`` column is shown beside
-this one's as ``before`` (its mean over the seeds it ran).
+this one's as ``before`` (its mean over the seeds it ran). ``--refits NAME ...``: refit
+methods of the files (e.g. ``pose-fit``) shown as their gain over cubic, ``-`` where not run.
 
 Usage::
 
@@ -41,11 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument("--before", nargs="*", type=Path, default=[])
+    p.add_argument("--refits", nargs="*", default=[])
     a = p.parse_args(argv)
     before = rows_of(a.before)
     print("| acquisition | contrast | " + " | ".join(METHODS) + " | default - cubic (dB) "
-          "| before - cubic (dB) | held-out gain (dB) | modelled FWHM (mm) |")
-    print("|" + "---|" * (len(METHODS) + 6))
+          "| before - cubic (dB) | " + "".join(f"{m} - cubic (dB) | " for m in a.refits)
+          + "held-out gain (dB) | modelled FWHM (mm) |")
+    print("|" + "---|" * (len(METHODS) + 6 + len(a.refits)))
     for r in rows_of(a.files).values():
         s = r["summary"]
         old = before.get(r["row"], {}).get("summary", {})
@@ -55,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                   if name.split("_")[-1].startswith(c + ".")]
             print(f"| {r['row']} | {c} | " + " | ".join(cell(s, m, c) for m in METHODS)
                   + f" | {gain(s, 'default', c)} | {gain(old, 'default', c)} | "
+                  + "".join(f"{gain(s, m, c)} | " for m in a.refits)
                   + (", ".join(f"{h:+.1f}" for h in held) or "-")
                   + " | " + (", ".join(f"{f:.1f}" for f in fw if f is not None) or "-") + " |")
     return 0

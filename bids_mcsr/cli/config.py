@@ -14,6 +14,9 @@ from pathlib import Path
 
 from bids_mcsr.dataset.files import write_json
 
+# --pose-fit's words as SRConfig.refine_registration values (None: the model's choice)
+POSE_FIT = {None: None, "auto": "auto", "on": True, "off": False}
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -47,7 +50,7 @@ class RunConfig:
     slice_profile: str
     consistency_iterations: int
     profile_fit: bool
-    pose_fit: bool | None
+    pose_fit: str | None
     holdout_fraction: float
     epochs: int | None
     seed: int
@@ -104,7 +107,7 @@ class RunConfig:
                 "epochs": self.epochs, "seed": self.seed, "device": self.device,
                 "threads": threads, "mem_gb": mem_gb, "output_spacing": self.output_resolution,
                 "consistency_iterations": self.consistency_iterations,
-                "learn_profile": self.profile_fit, "refine_registration": self.pose_fit,
+                "learn_profile": self.profile_fit, "refine_registration": POSE_FIT[self.pose_fit],
                 "holdout_fraction": self.holdout_fraction}
 
     def dump(self, path: Path) -> Path:

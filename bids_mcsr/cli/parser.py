@@ -121,10 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--profile-fit", action="store_true",
                     help="fit each stack's slab width on held-out slices, from the modelled one "
                     "(docs/method.md); opt-in: measured to help only where the header is wrong")
-    sr.add_argument("--pose-fit", action="store_true", default=None,
-                    help="refine each stack's rigid pose (on top of registration) during the fit; "
-                    "opt-in: measured to help where a stack is left 2 mm off and to cost up to "
-                    "0.5 dB where registration is right")
+    sr.add_argument("--pose-fit", choices=["auto", "on", "off"],
+                    help="refine each stack's rigid pose (on top of registration) during the fit: "
+                    "auto (the fast model's default) when a stack looks misaligned by 1 mm or more "
+                    f"(default: the model's, {_by_model('refine_registration')})")
     sr.add_argument("--holdout-fraction", type=_holdout_fraction, metavar="F",
                     help="share of each thick-slice stack's slices withheld to validate the "
                     "fit (at least 2 per stack; 0: none; default: the model's, "

@@ -16,7 +16,8 @@ class SRConfig:
     ``learn_profile``: fit each thick stack's slice-profile width with the network (off by
     default: on the robustness benchmark it wins where the header or the profile shape is
     wrong and loses where it is right, docs/evaluation.md); ``refine_registration``: refine
-    each stack's rigid pose with the network (the model's choice when None).
+    each stack's rigid pose with the network (True, False, ``"auto"``: when a stack looks
+    misaligned; the model's choice when None).
     ``holdout_fraction`` of each thick stack's slices are withheld from training to score the
     fit against cubic interpolation.
     ``keep_network_output`` also returns each contrast's volume before back-projection
@@ -43,7 +44,7 @@ class SRConfig:
     finest_mm: float | None = None
     consistency_iterations: int | None = None
     learn_profile: bool = False
-    refine_registration: bool | None = None
+    refine_registration: bool | str | None = None
     holdout_fraction: float | None = None
     keep_network_output: bool = False
 

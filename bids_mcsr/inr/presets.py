@@ -60,7 +60,8 @@ class ModelSpec:
         Share of each thick stack's slices withheld to score the fit (0: none).
     refine_registration
         Refine every stack's rigid pose but the reference's during the fit
-        (:class:`bids_mcsr.inr.acquisition_fit.StackAcquisition`).
+        (:class:`bids_mcsr.inr.acquisition_fit.StackAcquisition`): True, False or ``"auto"``
+        (when a stack looks misaligned, :func:`bids_mcsr.inr.superres.refines_poses`).
     mi_stopping
         Stop when the MI between the predicted contrasts plateaus (:data:`MI_WINDOW`,
         :data:`MI_TOLERANCE_NATS`, not before :data:`MI_MIN_EPOCHS`); the published code
@@ -88,7 +89,7 @@ class ModelSpec:
     consistency_iterations: int = DEFAULT_CONSISTENCY_ITERATIONS
     holdout_fraction: float = HOLDOUT_FRACTION
     mi_stopping: bool = True
-    refine_registration: bool = False
+    refine_registration: bool | str = "auto"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,7 +106,7 @@ PRESETS = {
                        lr_floor=0.0, min_steps_per_epoch=1, drop_last=False,
                        background_fraction=1.0, intensity_scaling="minmax",
                        slice_profile="none", consistency_iterations=0, holdout_fraction=0.0,
-                       mi_stopping=False),
+                       mi_stopping=False, refine_registration=False),
     "fast": ModelSpec("fast", "hashgrid",
                       {"n_levels": 8, "n_features": 2, "log2_table_size": 19,
                        "coarsest_mm": 32.0, "finest_mm": 2.0},

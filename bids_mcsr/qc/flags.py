@@ -9,8 +9,8 @@ call them:
 * the registration check, twice: the rigid pose correction the fit applied to a stack on top
   of registration, a problem above :data:`POSE_SHIFT_MAX_MM` or
   :data:`POSE_ROTATION_MAX_DEG`; and the alignment check of the report
-  (:func:`bids_mcsr.qc.measures.alignment_check`), a problem when the reference matches
-  a stack better (mutual information higher by more than :data:`ALIGNMENT_MARGIN`) with the
+  (:func:`bids_mcsr.image.alignment.alignment_check`), a problem when the reference matches
+  a stack better (:func:`bids_mcsr.image.alignment.misaligned`) with the
   stack moved by :data:`ALIGNMENT_STEP_MM` along a world axis than where it is;
 * the noise level of each stack, a problem above :data:`NOISE_PERCENT_MAX` percent of the
   stack's intensity range;
@@ -32,7 +32,6 @@ POSE_ROTATION_MAX_DEG = 3.0
 NOISE_PERCENT_MAX = 10.0
 FWHM_RATIO_MAX = 1.5
 ALIGNMENT_STEP_MM = 5.0
-ALIGNMENT_MARGIN = 0.1
 
 
 def known(value: object) -> bool:
@@ -77,15 +76,6 @@ def pose_problem(shift_mm: float | None, rotation_deg: float | None) -> bool:
     """Whether a pose correction after registration is too large to trust the registration."""
     return ((known(shift_mm) and shift_mm > POSE_SHIFT_MAX_MM)
             or (known(rotation_deg) and rotation_deg > POSE_ROTATION_MAX_DEG))
-
-
-def misaligned(check: dict | None) -> bool:
-    """Whether an alignment check found a better match away from the stack's place: the
-    best MI of the moved copies above the MI in place by more than ``ALIGNMENT_MARGIN``
-    (relative)."""
-    if not check or not known(check.get("mi_in_place")) or not known(check.get("mi_moved")):
-        return False
-    return check["mi_moved"] > (1 + ALIGNMENT_MARGIN) * check["mi_in_place"]
 
 
 def fwhm_ratio(fitted_mm: float | None, header_mm: float | None) -> float | None:

@@ -26,13 +26,14 @@ import numpy as np
 from scipy import ndimage
 
 from bids_mcsr.acquisition.slice_profile import resimulate_stack, slice_normal
+from bids_mcsr.image.alignment import alignment_check, misaligned
 from bids_mcsr.image.geometry import Grid
 from bids_mcsr.image.intensity import foreground_mask
 from bids_mcsr.image.io import Stack
 from bids_mcsr.image.metrics import mutual_information, psnr, ssim
 from bids_mcsr.inr.result import RESULT_KEYS, SRResult
 from bids_mcsr.inr.stopping import mi_plateaued
-from bids_mcsr.qc.flags import ALIGNMENT_STEP_MM, misaligned, quality_flags
+from bids_mcsr.qc.flags import ALIGNMENT_STEP_MM, quality_flags
 from bids_mcsr.qc.records import DEFAULT_MI_RULE, contrast_quality, mi_rule_epoch, stack_rows
 
 CONVERGENCE_EPOCHS = 5
@@ -157,66 +158,6 @@ def sr_mutual_information(volumes: dict[str, np.ndarray], mask: np.ndarray) -> d
             for a, b in combinations(volumes, 2)}
 
 
-ALIGNMENT_MAX_POINTS = 300_000
-
-
-def alignment_check(moving: Stack, reference: Stack, step_mm: float = ALIGNMENT_STEP_MM,
-                    max_points: int = ALIGNMENT_MAX_POINTS) -> dict:
-    """Does the reference match ``moving`` best where it is, or moved by ``step_mm``?
-
-    The reference is sampled (linear interpolation) at the world positions of the moving
-    stack's foreground voxels, in place and moved by ``±step_mm`` along each world axis; the
-    mutual information of each copy with the moving voxels is compared on the voxels every
-    copy covers. Independent of the registration and of the fit's pose correction: a stack
-    misaligned by more than about half the step matches better moved towards its true place.
-
-    Parameters
-    ----------
-    moving, reference : Stack
-        Placed as the fit used them (registered, pose-corrected).
-    step_mm : float
-        How far the moved copies go.
-    max_points : int
-        Voxels used at most (an even in-plane subsampling of larger stacks).
-
-    Returns
-    -------
-    dict
-        ``mi_in_place`` and ``mi_moved`` (the best moved copy, nats), ``offset_mm`` (its
-        world offset, 3 floats) and ``voxels`` compared; MI values are None when the stacks
-        do not overlap.
-    """
-    axis = moving.through_plane_axis
-    stride = [1, 1, 1]
-    excess = moving.data.size / max_points
-    if excess > 1:
-        step = int(np.ceil(np.sqrt(excess)))
-        stride = [1 if a == axis else step for a in range(3)]
-    data = moving.data[::stride[0], ::stride[1], ::stride[2]]
-    fg = foreground_mask(moving.data)[::stride[0], ::stride[1], ::stride[2]].ravel()
-    idx = np.indices(data.shape).reshape(3, -1) * np.asarray(stride)[:, None]
-    world = moving.affine[:3, :3] @ idx[:, fg] + moving.affine[:3, 3:4]
-    to_ref = np.linalg.inv(reference.affine)
-    limits = np.asarray(reference.data.shape, float)[:, None] - 0.5
-    offsets = [np.zeros(3)] + [sign * step_mm * np.eye(3)[a] for a in range(3)
-                               for sign in (-1.0, 1.0)]
-    ref = np.asarray(reference.data, np.float64)
-    inside = np.ones(world.shape[1], bool)
-    sampled = []
-    for offset in offsets:
-        vox = to_ref[:3, :3] @ (world + offset[:, None]) + to_ref[:3, 3:4]
-        inside &= np.all((vox > -0.5) & (vox < limits), axis=0)
-        sampled.append(ndimage.map_coordinates(ref, vox, order=1, mode="nearest"))
-    values = data.ravel()[fg][inside]
-    if values.size < 100:
-        return {"mi_in_place": None, "mi_moved": None, "offset_mm": None,
-                "voxels": int(values.size)}
-    mis = [mutual_information(values, s[inside]) for s in sampled]
-    best = 1 + int(np.argmax(mis[1:]))
-    return {"mi_in_place": mis[0], "mi_moved": mis[best],
-            "offset_mm": [float(v) + 0.0 for v in offsets[best]], "voxels": int(values.size)}
-
-
 def placed(stack: Stack, acquisition: dict | None) -> Stack:
     """``stack`` moved by the fit's pose correction (when the fit recorded one)."""
     correction = (acquisition or {}).get("pose_correction")
@@ -271,7 +212,7 @@ def subject_metrics(stacks: Sequence[Stack], reference_index: int, result: SRRes
     reference = placed(stacks[reference_index], fitted[reference_index])
     for k, (row, stack) in enumerate(zip(rows, stacks)):
         row["alignment"] = (None if k == reference_index else
-                            alignment_check(placed(stack, fitted[k]), reference))
+                            alignment_check(placed(stack, fitted[k]), reference, ALIGNMENT_STEP_MM))
     per_contrast = {}
     for contrast in result.contrasts:
         dcs = [i["data_consistency"] for i in inputs if i["contrast"] == contrast]

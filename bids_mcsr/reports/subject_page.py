@@ -8,14 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
+from bids_mcsr.image.alignment import ALIGNMENT_MARGIN, misaligned
 from bids_mcsr.qc.flags import (
-    ALIGNMENT_MARGIN,
     ALIGNMENT_STEP_MM,
     GAIN_MARGIN_DB,
     NOISE_PERCENT_MAX,
     POSE_ROTATION_MAX_DEG,
     POSE_SHIFT_MAX_MM,
-    misaligned,
     noise_problem,
     pose_problem,
     profile_problem,

@@ -49,13 +49,14 @@ def test_sr_config_builds_an_srconfig(config):
     assert (sr.threads, sr.mem_gb, sr.model, sr.seed) == (3, None, "fast", 0)
 
 
-def test_poses_are_refined_only_when_asked(config, tmp_path):
+def test_poses_are_refined_when_a_stack_looks_misaligned_unless_told_otherwise(config, tmp_path):
     from bids_mcsr.inr.config import SRConfig
 
-    def refines(*extra: str) -> bool:
+    def refines(*extra: str) -> bool | str:
         opts = parse_args([str(config.bids_dir), str(tmp_path / "out"), "participant", *extra])
         return SRConfig(**RunConfig.from_namespace(opts).sr_config(1, None)).resolved().refine_registration
 
-    assert refines() is False
-    assert refines("--pose-fit") is True
-    assert refines("--model", "paper", "--pose-fit") is True
+    assert refines() == "auto"
+    assert refines("--pose-fit", "on") is True and refines("--pose-fit", "off") is False
+    assert refines("--model", "paper") is False
+    assert refines("--model", "paper", "--pose-fit", "auto") == "auto"

@@ -64,7 +64,7 @@ def test_unset_choices_take_the_model_value_and_given_ones_stay():
         "background_fraction": 1.0, "intensity_scaling": "minmax", "mi_stopping": False,
         "refine_registration": False}
     assert SRConfig().resolved().mi_stopping is True  # ours stops when MI plateaus
-    assert SRConfig(refine_registration=True).resolved().refine_registration is True
+    assert SRConfig().resolved().refine_registration == "auto"  # when a stack looks misaligned
     mixed = SRConfig(model="paper", slice_profile="gaussian", consistency_iterations=2).resolved()
     assert (mixed.slice_profile, mixed.consistency_iterations, mixed.holdout_fraction) == ("gaussian", 2, 0.0)
     assert SRConfig().resolved().slice_profile == "gaussian"

@@ -4,6 +4,7 @@ and is deterministic for a seed."""
 import numpy as np
 import pytest
 import torch
+from scipy.spatial.transform import Rotation
 
 from bids_mcsr.acquisition.simulate import simulate_stack
 from bids_mcsr.acquisition.slice_profile import resimulate_stack
@@ -17,7 +18,7 @@ from bids_mcsr.inr.model import build_model
 from bids_mcsr.inr.presets import model_spec
 from bids_mcsr.inr.sampling import build_samples, stack_masks_and_scalers
 from bids_mcsr.inr.stopping import mean_pairwise_mi, mi_plateaued
-from bids_mcsr.inr.superres import super_resolve
+from bids_mcsr.inr.superres import refines_poses, super_resolve
 from bids_mcsr.inr.training import TrainConfig, train
 
 # 2 mm truth, 6 mm slices: a 3x anisotropic T1w (axial) and T2w (coronal)
@@ -183,3 +184,15 @@ def test_back_projection_makes_the_outputs_reproduce_their_stacks():
     for stack in stacks:
         assert misfit(on, stack) < 0.5 * misfit(off, stack), stack.contrast
     assert on.settings["consistency_iterations"] == 3 and off.settings["consistency_iterations"] == 0
+
+
+def test_poses_are_refined_when_a_stack_looks_misaligned(phantom):
+    _, (t1, t2), _, _ = phantom
+    turn = np.eye(4)
+    turn[:3, :3] = Rotation.from_euler("x", 2, degrees=True).as_matrix()
+    turn[:3, 3] = [2.0, 0.0, 0.0]
+    off = t2.with_affine(turn @ t2.affine)  # 2 mm + 2 degrees: one voxel of this 2 mm phantom
+    assert refines_poses([t1, t2], "auto", 0) is False
+    assert refines_poses([t1, off], "auto", 0) is True
+    assert refines_poses([t1, t2], True, 0) is True and refines_poses([t1, off], False, 0) is False
+    assert refines_poses([t1], True, 0) is False  # nothing to refine against

@@ -13,11 +13,11 @@ from scipy import ndimage
 
 from bids_mcsr.acquisition.slice_profile import SLAB_FWHM_OF_THICKNESS
 from bids_mcsr.dataset.naming import qc_path
+from bids_mcsr.image.alignment import alignment_check, misaligned
 from bids_mcsr.image.geometry import Grid
 from bids_mcsr.image.metrics import resample_to_grid
-from bids_mcsr.qc.flags import misaligned, verdict
+from bids_mcsr.qc.flags import ALIGNMENT_STEP_MM, verdict
 from bids_mcsr.qc.measures import (
-    alignment_check,
     data_consistency,
     mi_convergence,
     result_dict,
@@ -295,7 +295,7 @@ def test_alignment_check_sees_a_displaced_stack(subject, shift, axis, flagged):
     _, _, stacks = subject
     moved = np.eye(4)
     moved[axis, 3] = shift
-    check = alignment_check(stacks[1].with_affine(moved @ stacks[1].affine), stacks[0])
+    check = alignment_check(stacks[1].with_affine(moved @ stacks[1].affine), stacks[0], ALIGNMENT_STEP_MM)
     assert misaligned(check) is flagged, check
     if flagged:  # the better copy goes back towards the true place
         assert np.sign(check["offset_mm"][axis]) == -np.sign(shift)

@@ -11,9 +11,9 @@ from lib.bids_bridge import Image, command
 # --conf keys passed on to bids-mcsr as ``--<key with dashes> <value>``
 VALUE_OPTIONS = ("seed", "device", "epochs", "model", "nprocs", "omp_nthreads", "mem_gb",
                  "bias_correction", "registration", "slice_profile", "consistency_iterations",
-                 "holdout_fraction", "output_resolution", "reference")
+                 "holdout_fraction", "output_resolution", "reference", "pose_fit")
 # --conf keys passed on as a bare ``--<key with dashes>`` when their value is true
-FLAG_OPTIONS = ("skip_bids_validation", "profile_fit", "pose_fit")
+FLAG_OPTIONS = ("skip_bids_validation", "profile_fit")
 TRUE = ("1", "true", "yes", "on")
 
 
