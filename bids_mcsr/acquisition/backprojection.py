@@ -95,14 +95,19 @@ def residual_gain(residual: np.ndarray, axis: int, sigma: float | None) -> np.nd
     """Local Wiener gain of a stack's residual: per voxel, the share of the residual's power
     above the noise floor ``sigma``, the power averaged over a :data:`WIENER_WINDOW`-voxel
     square of the voxel's slice (``axis`` is the through-plane axis); 1 when the noise is
-    unknown.
+    not given (classic back-projection), 0 when it could not be estimated (NaN: nothing is
+    back-projected, as with the earlier per-stack gain).
 
     >>> flat = np.full((9, 9, 2), 2.0)
     >>> float(residual_gain(flat, 2, 1.0).min()), residual_gain(flat, 2, None)
     (0.75, 1.0)
+    >>> residual_gain(flat, 2, float("nan"))
+    0.0
     """
     if sigma is None:
         return 1.0
+    if not np.isfinite(sigma):
+        return 0.0
     size = [WIENER_WINDOW] * 3
     size[axis] = 1
     power = ndimage.uniform_filter(np.square(residual, dtype=np.float32), size, mode="reflect")
