@@ -121,12 +121,12 @@ def refines_poses(stacks: Sequence[Stack], choice: bool | str, reference: int) -
     """Whether the fit refines the stacks' rigid poses.
 
     ``choice`` True or False is followed (one stack: never). ``"auto"``: only when a thick
-    stack is misaligned with the reference at a :data:`POSE_CHECK_STEP_MM` step
-    (:func:`bids_mcsr.image.alignment.misaligned_stacks`). On the robustness benchmark that
-    check flagged both seeds of both rows with a stack left 2 mm / 2 degrees off after
-    registration and none of the 5 rows x 2 seeds checked without (MI moved / in place 1.13-1.15
-    against 0.89-0.91); refinement lifts the first from below cubic interpolation and costs
-    0.05-0.5 dB on the second.
+    stack is misaligned with the reference at a step of its finest voxel, at least
+    :data:`POSE_CHECK_STEP_MM` (:func:`bids_mcsr.image.alignment.misaligned_stacks`). On the
+    robustness benchmark that check flagged both seeds of both rows with a stack left 2 mm /
+    2 degrees off after registration and none of the 4 rows x 2 seeds checked without (MI
+    moved / in place 1.13-1.15 against 0.89-0.91); refinement lifts the first from below cubic
+    interpolation and costs up to 0.5 dB on the second.
     """
     if len(stacks) < 2:
         return False
