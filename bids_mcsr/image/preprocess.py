@@ -125,8 +125,8 @@ def register_rigid(moving: Stack, reference: Stack, seed: int = 0) -> tuple[np.n
         done = subprocess.run([sys.executable, "-m", __name__, str(inputs), str(ants_seed(seed)),
                                str(output)], env=env, capture_output=True, text=True)
         if done.returncode:
-            raise RuntimeError(f"ANTs rigid registration of {moving.name} failed: "
-                               f"{done.stderr.strip().splitlines()[-1:]}")
+            last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            raise RuntimeError(f"ANTs rigid registration of {moving.name} failed: {last}")
         fixed_to_moving = np.load(output)
     world = np.linalg.inv(_RAS_LPS @ fixed_to_moving @ _RAS_LPS)
     return world, moving.with_affine(world @ moving.affine)
