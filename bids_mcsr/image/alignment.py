@@ -17,9 +17,7 @@ from bids_mcsr.image.io import Stack
 from bids_mcsr.image.metrics import mutual_information
 
 ALIGNMENT_MARGIN = 0.1  # a moved copy must beat the place by 10 % of its MI
-
-
-ALIGNMENT_MAX_POINTS = 300_000
+ALIGNMENT_MAX_POINTS = 300_000  # voxels of the moving stack compared at most
 
 
 def alignment_check(moving: Stack, reference: Stack, step_mm: float,
