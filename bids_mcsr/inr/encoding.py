@@ -7,9 +7,10 @@ import math
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 _PRIMES = (1, 2654435761, 805459861)
-_CORNERS = torch.tensor([[(c >> i) & 1 for i in range(3)] for c in range(8)], dtype=torch.int64)
+_PAIR = (0, 1)
 
 
 class GaussianFourierFeatures(nn.Module):
@@ -30,7 +31,8 @@ class GaussianFourierFeatures(nn.Module):
 
 
 class _WeightedLookup(torch.autograd.Function):
-    """``sum_c w[:, c] * table[idx[:, c]]`` whose backward scatters with ``index_add_``.
+    """``sum_c w[:, c] * table[idx[:, c]]``: forward by ``embedding_bag``, backward scattered
+    with ``index_add_`` (``embedding_bag``'s own backward measured 4x slower).
 
     The gradient with respect to the corner weights ``w`` (hence to the coordinates) is
     computed only when asked for: learned slice profiles and stack poses need it, plain
@@ -41,7 +43,7 @@ class _WeightedLookup(torch.autograd.Function):
     def forward(ctx, table: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(table if ctx.needs_input_grad[2] else None, idx, w)
         ctx.table_shape = table.shape
-        return (table[idx] * w.unsqueeze(-1)).sum(dim=1)
+        return F.embedding_bag(idx, table, per_sample_weights=w, mode="sum")
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
@@ -53,6 +55,13 @@ class _WeightedLookup(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             grad_w = (table[idx] * grad_out.unsqueeze(1)).sum(dim=-1)
         return grad_table, None, grad_w
+
+
+def _corners(axes: list[torch.Tensor], combine) -> torch.Tensor:
+    """``combine`` of per-axis pairs ``(N, 2)`` over the 8 corners of a cell, ``(N, 8)``;
+    corner ``c`` is ``(c & 1, c >> 1 & 1, c >> 2 & 1)``."""
+    x, y, z = axes
+    return combine(combine(z[:, :, None, None], y[:, None, :, None]), x[:, None, None, :]).reshape(-1, 8)
 
 
 class HashGridEncoding(nn.Module):
@@ -79,23 +88,31 @@ class HashGridEncoding(nn.Module):
             init = (torch.rand(size, n_features, generator=gen) * 2 - 1) * 1e-4
             self.tables.append(nn.Parameter(init))
         self.out_dim = n_levels * n_features
-        self.register_buffer("corners", _CORNERS.clone(), persistent=False)
 
     def _level(self, u: torch.Tensor, level: int) -> torch.Tensor:
+        """Trilinear interpolation of level ``level``'s table at ``u`` in [0, 1]^3.
+
+        The 8 corners' indices and weights are outer products of the 2 per axis, not an
+        (N, 8, 3) index array. Measured against that (one CPU thread, 262144 points, 8
+        levels): forward 0.39 -> 0.19 s, forward and backward 0.57 -> 0.31 s. One table for
+        all levels, looked up in one call, was slower still (0.49 / 0.74 s: the broadcasts
+        over (N, levels, 2, 2, 2) cost more than the 8 calls they save).
+        """
         res = self.resolutions[level]
         pos = u * res
         base = torch.clamp(pos.floor(), 0, res - 1)
         frac = pos - base
-        corner_idx = base.to(torch.int64).unsqueeze(1) + self.corners  # (B, 8, 3)
-        cw = torch.where(self.corners.bool(), frac.unsqueeze(1), 1 - frac.unsqueeze(1)).prod(-1)
+        lower = base.to(torch.int64)
+        pair = torch.tensor(_PAIR, dtype=torch.int64, device=u.device)
         if self.dense[level]:
             n = res + 1
-            flat = corner_idx[..., 0] + n * (corner_idx[..., 1] + n * corner_idx[..., 2])
+            axes = [(lower[:, k:k + 1] + pair) * n ** k for k in range(3)]
+            flat = _corners(axes, torch.add)
         else:
-            flat = (corner_idx[..., 0] * _PRIMES[0]) ^ (corner_idx[..., 1] * _PRIMES[1]) \
-                ^ (corner_idx[..., 2] * _PRIMES[2])
-            flat = flat % self.tables[level].shape[0]
-        return _WeightedLookup.apply(self.tables[level], flat, cw)
+            axes = [(lower[:, k:k + 1] + pair) * _PRIMES[k] for k in range(3)]
+            flat = _corners(axes, torch.bitwise_xor) % self.tables[level].shape[0]
+        weights = [torch.stack([1 - frac[:, k], frac[:, k]], dim=1) for k in range(3)]
+        return _WeightedLookup.apply(self.tables[level], flat, _corners(weights, torch.mul))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u = torch.clamp((x + 1) / 2, 0.0, 1.0)

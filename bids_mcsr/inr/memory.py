@@ -32,7 +32,7 @@ ADAM_COPIES = 4  # weights, gradients, two moment estimates
 DISK_FACTOR = 1.5  # float32 outputs, gzip rarely helps much on noisy volumes; sidecars, mask
 DISK_MARGIN = 64 * 2**20  # report, figures, QC files
 MIN_BATCH = 256
-MIN_CHUNK, MAX_CHUNK, DEFAULT_CHUNK = 4096, 262144, 65536
+MIN_CHUNK, MAX_CHUNK, DEFAULT_CHUNK = 4096, 262144, 131072
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def plan_memory(need: Estimate, spec: ModelSpec, n_profile: int,
     Fixed costs (runtime, samples, model with Adam state, output volumes) come first; half
     of what is left goes to one training step's activations (forward and backward, each
     sample evaluated at ``n_profile`` points through its slab) or one inference chunk.
-    Without ``mem_gb`` the model's batch size and 65536-voxel chunks are used. The
+    Without ``mem_gb`` the model's batch size and :data:`DEFAULT_CHUNK`-voxel chunks are used. The
     data-consistency step (one contrast at a time, stacks re-simulated in chunks; the
     training samples are freed by then) is the other candidate for the peak.
     """

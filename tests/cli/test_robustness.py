@@ -153,7 +153,7 @@ def test_memory_plan_adapts_batch_and_chunk_to_mem_gb():
     need = resources.Estimate(samples=4_300_000, output_voxels=8_700_000, n_contrasts=2)
     fast, paper = model_spec("fast"), model_spec("paper")
     free = resources.plan_memory(need, fast, 5)
-    assert (free.batch_size, free.chunk, free.fits) == (8192, 65536, True)
+    assert (free.batch_size, free.chunk, free.fits) == (8192, 131072, True)
     assert 2.25 * resources.GB < free.peak_bytes < 3.0 * resources.GB  # bench_pipeline: 2.28 GB peak
     roomy = resources.plan_memory(need, fast, 5, mem_gb=16)
     assert roomy.batch_size == 8192 and roomy.fits and roomy.peak_bytes <= 16 * resources.GB
