@@ -15,13 +15,26 @@ from bids_mcsr.inr.sampling import TrainingSamples
 def squared_errors(model: Callable[[torch.Tensor], torch.Tensor], samples: TrainingSamples,
                     idx: torch.Tensor, acquisition: StackAcquisition, n_contrasts: int,
                     stratified: bool = True, learn: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Squared error of every voxel in ``idx`` and its contrast index (``learn``: with
-    gradients to those acquisition parameters, see ``TrainingSamples.profile_points``)."""
-    c = samples.contrast[idx]
+    """Squared error of every voxel in ``idx`` and its contrast index, in the order of
+    ``idx`` or, when slab- and point-sampled voxels are mixed, the slab-sampled ones first
+    (``learn``: with gradients to those acquisition parameters, see
+    ``TrainingSamples.profile_points``). A point-sampled voxel is evaluated once, not at
+    each of the ``n_profile`` points of its zero-width slab."""
     pts = samples.profile_points(idx, acquisition, stratified, learn)  # (B, K, 3)
-    b, k = pts.shape[:2]
-    out = model(pts.reshape(-1, 3)).reshape(b, k, n_contrasts)
-    pred = out.gather(2, c.view(-1, 1, 1).expand(-1, k, 1)).squeeze(2).mean(dim=1)
+    k = pts.shape[1]
+    point = samples.point_sampled(idx) if k > 1 else None
+    if point is None or not bool(point.any()):
+        c = samples.contrast[idx]
+        out = model(pts.reshape(-1, 3)).reshape(-1, k, n_contrasts)
+        pred = out.gather(2, c.view(-1, 1, 1).expand(-1, k, 1)).squeeze(2).mean(dim=1)
+        return (pred - samples.values[idx]) ** 2, c
+    slab, single = torch.nonzero(~point).squeeze(1), torch.nonzero(point).squeeze(1)
+    idx = torch.cat([idx[slab], idx[single]])
+    c = samples.contrast[idx]
+    out = model(torch.cat([pts[slab].reshape(-1, 3), pts[single, 0]]))
+    n_slab = slab.shape[0] * k
+    slab_pred = out[:n_slab].reshape(-1, k, n_contrasts).mean(dim=1)
+    pred = torch.cat([slab_pred, out[n_slab:]]).gather(1, c.view(-1, 1)).squeeze(1)
     return (pred - samples.values[idx]) ** 2, c
 
 

@@ -54,21 +54,80 @@ class TrainingSamples:
     def __len__(self) -> int:
         return int(self.values.shape[0])
 
-    def epoch_indices(self, rng: np.random.Generator, background_fraction: float) -> np.ndarray:
-        """Shuffled indices of all foreground voxels and a random share of the background
-        (held-out voxels excluded)."""
-        fg = np.flatnonzero(self.foreground & ~self.heldout)
-        bg = np.flatnonzero(~self.foreground & ~self.heldout)
+    def _groups(self) -> list[np.ndarray]:
+        """Voxels per group of :meth:`batch_layout`: the slab-sampled stacks' and, when a
+        (near-)isotropic stack is point-sampled beside them, its own."""
+        point = np.asarray([not p for p in self.profiled])[self.stack.cpu().numpy()]
+        if self.n_profile == 1 or not point.any() or point.all():
+            return [np.ones(point.shape, bool)]
+        return [~point, point]
+
+    def _drawn(self, group: np.ndarray, rng: np.random.Generator,
+               background_fraction: float) -> np.ndarray:
+        fg = np.flatnonzero(group & self.foreground & ~self.heldout)
+        bg = np.flatnonzero(group & ~self.foreground & ~self.heldout)
         n_bg = int(round(background_fraction * bg.size))
         chosen = np.concatenate([fg, rng.choice(bg, n_bg, replace=False) if n_bg else bg[:0]])
         rng.shuffle(chosen)
         return chosen
 
-    def n_epoch(self, background_fraction: float) -> int:
-        """Samples drawn per epoch by :meth:`epoch_indices`."""
-        train = ~self.heldout
+    def batch_layout(self, background_fraction: float, batch_size: int) -> tuple[int, ...]:
+        """Voxels of each group in every batch of :meth:`epoch_indices`: the whole batch
+        when all stacks are sampled alike; with slab-sampled and point-sampled stacks together,
+        the batch split between them in proportion to their voxels, so that every batch has
+        the same number of network evaluations (a compiled network is compiled once) and a
+        point-sampled voxel is evaluated once rather than ``n_profile`` times."""
+        sizes = [self._n_drawn(g, background_fraction) for g in self._groups()]
+        if len(sizes) == 1:
+            return (batch_size,)
+        point = int(np.clip(round(batch_size * sizes[1] / sum(sizes)), 1, batch_size - 1))
+        return (batch_size - point, point)
+
+    def _n_drawn(self, group: np.ndarray, background_fraction: float) -> int:
+        train = group & ~self.heldout
         return int((self.foreground & train).sum()
                    + round(background_fraction * (~self.foreground & train).sum()))
+
+    def epoch_indices(self, rng: np.random.Generator, background_fraction: float,
+                      batch_size: int | None = None) -> np.ndarray:
+        """Shuffled indices of all foreground voxels and a random share of the background
+        (held-out voxels excluded). With ``batch_size`` and groups sampled differently,
+        consecutive runs of ``batch_size`` indices follow :meth:`batch_layout`, for
+        :meth:`whole_batches` batches (the rest, a different rest each epoch, after them)."""
+        drawn = [self._drawn(g, rng, background_fraction) for g in self._groups()]
+        if len(drawn) == 1 or batch_size is None:
+            return np.concatenate(drawn)
+        layout = self.batch_layout(background_fraction, batch_size)
+        n = min(d.size // b for d, b in zip(drawn, layout))
+        batches = np.hstack([d[:n * b].reshape(n, b) for d, b in zip(drawn, layout)]).ravel()
+        return np.concatenate([batches] + [d[n * b:] for d, b in zip(drawn, layout)])
+
+    def whole_batches(self, background_fraction: float, batch_size: int) -> int:
+        """Batches of :meth:`epoch_indices` that follow :meth:`batch_layout`."""
+        layout = self.batch_layout(background_fraction, batch_size)
+        sizes = [self._n_drawn(g, background_fraction) for g in self._groups()]
+        return min(n // b for n, b in zip(sizes, layout))
+
+    def n_epoch(self, background_fraction: float) -> int:
+        """Samples drawn per epoch by :meth:`epoch_indices`."""
+        return self._n_drawn(np.ones(self.foreground.shape, bool), background_fraction)
+
+    def evaluations(self, idx: torch.Tensor) -> int:
+        """Network evaluations that the voxels ``idx`` take: ``n_profile`` each where
+        slab-sampled, one where point-sampled."""
+        if self.n_profile == 1:
+            return int(idx.shape[0])
+        return int(self.point_sampled(idx).logical_not().sum()) * (self.n_profile - 1) + int(idx.shape[0])
+
+    def n_evaluations(self) -> int:
+        """Network evaluations of one pass over every voxel (:meth:`evaluations`)."""
+        per_stack = np.bincount(self.stack.cpu().numpy(), minlength=len(self.profiled))
+        return int(sum(n * (self.n_profile if p else 1) for n, p in zip(per_stack, self.profiled)))
+
+    def point_sampled(self, idx: torch.Tensor) -> torch.Tensor:
+        """Which voxels of ``idx`` belong to point-sampled stacks."""
+        point = torch.tensor([not p for p in self.profiled], device=idx.device)
+        return point[self.stack[idx]]
 
     def heldout_indices(self) -> np.ndarray:
         """Foreground voxels of the held-out slices (where the fit is scored)."""

@@ -181,7 +181,7 @@ def _train(problem: _Problem, config: SRConfig, device: torch.device, progress, 
                        background_fraction=spec.background_fraction,
                        mi_stopping=config.mi_stopping, seed=config.seed,
                        max_seconds=config.max_train_seconds,
-                       compile=use_compile(config.compile, len(samples) * samples.n_profile * spec.epochs))
+                       compile=use_compile(config.compile, samples.n_evaluations() * spec.epochs))
     hist = train(model, problem.acquisition, samples, problem.contrasts, tcfg, device,
                  problem.mi_coords, progress, on_epoch_end)
     return model, hist, tcfg, plan

@@ -137,6 +137,9 @@ class _Fit:
         n_epoch = self.samples.n_epoch(config.background_fraction)
         self.batch_size = config.effective_batch_size(n_epoch)
         self.steps_per_epoch = config.steps_per_epoch(n_epoch, self.batch_size)
+        if len(self.samples.batch_layout(config.background_fraction, self.batch_size)) > 1:
+            whole = self.samples.whole_batches(config.background_fraction, self.batch_size)
+            self.steps_per_epoch = min(self.steps_per_epoch, whole) if whole else self.steps_per_epoch
         self.forward: Callable[[torch.Tensor], torch.Tensor] = (
             torch.compile(model, dynamic=False) if config.compile else model)
         self.opt = _optimiser(model, acquisition, config)
@@ -172,11 +175,12 @@ class _Fit:
             return batch_loss(self.forward, self.samples, idx, self.acquisition, self.n_c, learn)
 
     def epoch(self, epoch: int) -> tuple[np.ndarray, int] | None:
-        """Train one epoch; its per-contrast mean loss and the voxels trained on (None when
-        the time budget ran out before its first step)."""
+        """Train one epoch; its per-contrast mean loss and the network evaluations it took
+        (None when the time budget ran out before its first step)."""
         config, acquisition = self.config, self.acquisition
         self.model.train()
-        order = torch.from_numpy(self.samples.epoch_indices(self.rng, config.background_fraction))
+        order = torch.from_numpy(self.samples.epoch_indices(self.rng, config.background_fraction,
+                                                            self.batch_size))
         order = order.to(self.device)
         sums = torch.zeros(self.n_c, device=self.device)
         counts = torch.zeros(self.n_c, device=self.device)
@@ -202,7 +206,7 @@ class _Fit:
             sums += s
             counts += n
             steps_done += 1
-            trained += idx.shape[0]
+            trained += self.samples.evaluations(idx)
         if self.out_of_time and steps_done == 0:
             return None
         if config.max_seconds is None and config.schedule == "per-epoch":
@@ -233,7 +237,7 @@ class _Fit:
         info = {"epoch": epoch, "epochs": self.config.epochs,
                 "loss": {c: float(v) for c, v in zip(self.contrasts, per_c)}, "mi": mi,
                 "seconds": hist.seconds[-1],
-                "points_per_s": trained * self.samples.n_profile / max(seconds, 1e-9)}
+                "points_per_s": trained / max(seconds, 1e-9)}
         log.info("epoch %d/%d loss %s MI %s (%.0f s, %.0f points/s)", epoch, self.config.epochs,
                  " ".join(f"{c}={v:.5f}" for c, v in info["loss"].items()),
                  "-" if mi is None else f"{mi:.4f}", info["seconds"], info["points_per_s"])
