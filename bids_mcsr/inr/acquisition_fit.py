@@ -8,9 +8,11 @@ misalignment left by registration. Both are parameters of the forward model:
   ``[FWHM_MIN_OF_INPLANE x finest in-plane voxel, slice_profile.widest_slab_mm]``,
   so it can neither collapse nor run away (on the robustness benchmark a width allowed above
   the spacing ran to its bound on some stacks and cost up to 8 dB);
-* a rigid correction (rotation vector and translation) applied to every sample point of the
-  stack about the stack's centre; the reference stack stays fixed, which removes the global
-  pose ambiguity.
+* a rigid correction (rotation vector, radians, and translation, mm) applied to every sample
+  point of the stack about the stack's centre; the reference stack stays fixed, which removes
+  the global pose ambiguity. The translation is kept in millimetres, not in the network's
+  normalised units, so that a learning rate moves a stack by the same distance whatever the
+  size of the head.
 
 The shared trunk and the stacks' complementary orientations are what make these
 identifiable: a wrong width or pose leaves a residual that no network can explain at once
@@ -135,7 +137,7 @@ class StackAcquisition(nn.Module):
             return points
         rot = self.rotations()[stack]  # (B, 3, 3)
         c = self.centre[stack].unsqueeze(1)
-        shift = (self.translation * self.movable)[stack].unsqueeze(1)
+        shift = (self.translation * self.movable)[stack].unsqueeze(1) / self.half_extent_mm
         if detach:
             rot, shift = rot.detach(), shift.detach()
         return torch.einsum("bij,bkj->bki", rot, points - c) + c + shift
@@ -149,9 +151,9 @@ class StackAcquisition(nn.Module):
             centres = self.centre.cpu().numpy().astype(float)
         out = []
         for k in range(len(fwhm)):
-            # normalised x -> R (x - c) + c + t  is, in mm,  y -> R (y - C) + C + T
+            # normalised x -> R (x - c) + c + t / h  is, in mm,  y -> R (y - C) + C + t
             c_mm = centres[k] * self.half_extent_mm + self.frame_centre
-            t_mm = shifts[k] * self.half_extent_mm
+            t_mm = shifts[k]
             world = np.eye(4)
             world[:3, :3] = rots[k]
             world[:3, 3] = c_mm - rots[k] @ c_mm + t_mm

@@ -126,7 +126,7 @@ def refines_poses(stacks: Sequence[Stack], choice: bool | str, reference: int) -
     robustness benchmark that check flagged both seeds of both rows with a stack left 2 mm /
     2 degrees off after registration and none of the 4 rows x 2 seeds checked without (MI
     moved / in place 1.13-1.15 against 0.89-0.91); refinement lifts the first from below cubic
-    interpolation and costs up to 0.5 dB on the second.
+    interpolation and costs 0.1-0.9 dB on the second.
     """
     if len(stacks) < 2:
         return False

@@ -20,6 +20,12 @@ from bids_mcsr.inr.stopping import mean_pairwise_mi, mi_plateaued
 
 log = logging.getLogger("bids_mcsr")
 SCHEDULES = ("per-step", "per-epoch")
+# Adam's learning rates of the stacks' poses (rotation vector, radians; translation, mm). On the
+# robustness benchmark's stack left 2 mm / 2 degrees off (64 x 80 x 64 mm crop, two seeds), one
+# rate for both in the network's units (1 = 41 mm there) left 1.4-1.9 mm at 1e-3 (the previous
+# release), 1.0-1.7 mm at 3e-2, 0.6-1.4 mm at 1e-1, and ran away (90-160 degrees) at 3e-1.
+POSE_LR_RAD = 0.05
+SHIFT_LR_MM = 2.0
 
 
 @dataclass
@@ -36,11 +42,12 @@ class TrainConfig:
     With ``max_seconds`` training stops once that much wall time is spent (mid-epoch if
     need be) and the cosine learning-rate schedule runs over time instead, so
     models can be compared at equal time. The stacks' acquisition parameters (slice-profile
-    widths, poses) learn at ``width_lr``/``pose_lr`` once ``acquisition_warmup`` epochs have
-    fitted the network alone, every ``acquisition_every``-th step: the poses from a training
-    batch, the widths from a batch of held-out voxels with the network fixed (their gradient
-    through the encoding costs about half a step). Without held-out slices the widths stay
-    at their initial values. The held-out error is tracked every epoch.
+    widths, rotations, translations) learn at ``width_lr``/``pose_lr``/``shift_lr_mm`` once
+    ``acquisition_warmup`` epochs have fitted the network alone, every
+    ``acquisition_every``-th step: the poses from a training batch, the widths from a batch
+    of held-out voxels with the network fixed (their gradient through the encoding costs
+    about half a step). Without held-out slices the widths stay at their initial values. The
+    held-out error is tracked every epoch.
     """
 
     epochs: int = PRESETS[DEFAULT_MODEL].epochs
@@ -61,7 +68,8 @@ class TrainConfig:
     seed: int = 0
     max_seconds: float | None = None
     width_lr: float = 2e-2
-    pose_lr: float = 1e-3
+    pose_lr: float = POSE_LR_RAD
+    shift_lr_mm: float = SHIFT_LR_MM
     acquisition_warmup: int = 1
     acquisition_every: int = 4
 
@@ -112,8 +120,8 @@ def _optimiser(model: torch.nn.Module, acquisition: StackAcquisition,
     17 ms -> 2 ms a step on one CPU thread, ``benchmarks/profile_fit.py``)."""
     groups = [{"params": list(model.parameters()), "lr": config.lr}]
     if acquisition.rotation.requires_grad:
-        groups.append({"params": [acquisition.rotation, acquisition.translation],
-                       "lr": config.pose_lr})
+        groups += [{"params": [acquisition.rotation], "lr": config.pose_lr},
+                   {"params": [acquisition.translation], "lr": config.shift_lr_mm}]
     return torch.optim.Adam(groups, betas=config.adam_betas, eps=config.adam_eps, fused=True)
 
 

@@ -37,7 +37,7 @@ def test_the_reported_world_correction_is_the_pose_applied_in_training():
     acq = StackAcquisition(s, frame, [True, True], False, True, reference=0)
     with torch.no_grad():
         acq.rotation[:] = torch.tensor([[0.1, 0.2, 0.3], [0.02, -0.03, 0.04]])
-        acq.translation[:] = torch.tensor([[0.5, 0.5, 0.5], [0.01, 0.02, -0.015]])
+        acq.translation[:] = torch.tensor([[0.5, 0.5, 0.5], [1.0, 2.0, -1.5]])  # mm
     world = np.array([[10.0, -20.0, 5.0], [-30.0, 12.0, 40.0]])
     x = torch.from_numpy(frame.normalise(world)).reshape(2, 1, 3)
     moved = acq.move(x, torch.tensor([1, 1])).detach().numpy().reshape(2, 3)
