@@ -20,6 +20,11 @@ from bids_mcsr.image.io import Stack
 # nibabel affines are RAS+, ITK/ANTs physical space is LPS+: flip x and y.
 _RAS_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
+REGISTRATION_SAMPLING = 0.1
+"""Share of voxels the Mattes metric samples (ANTsPy's default 0.2). Measured on the 1 mm
+template's 4 mm axial T1w / coronal T2w, aligned and moved 3 mm / 3 degrees two ways: 30 s
+-> 15 s on one thread, the largest head displacement left 0.17-0.19 mm -> 0.17-0.23 mm."""
+
 
 def set_threads(threads: int | None) -> None:
     """Limit the threads ITK (ANTs) uses in this process."""
@@ -130,12 +135,6 @@ def register_rigid(moving: Stack, reference: Stack, seed: int = 0) -> tuple[np.n
         fixed_to_moving = np.load(output)
     world = np.linalg.inv(_RAS_LPS @ fixed_to_moving @ _RAS_LPS)
     return world, moving.with_affine(world @ moving.affine)
-
-
-REGISTRATION_SAMPLING = 0.1
-"""Share of voxels the Mattes metric samples (ANTsPy's default 0.2). Measured on the 1 mm
-template's 4 mm axial T1w / coronal T2w, aligned and moved 3 mm / 3 degrees two ways: 30 s
--> 15 s on one thread, the largest head displacement left 0.17-0.19 mm -> 0.17-0.23 mm."""
 
 
 def ants_seed(seed: int) -> int:

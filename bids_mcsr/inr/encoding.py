@@ -88,6 +88,7 @@ class HashGridEncoding(nn.Module):
             init = (torch.rand(size, n_features, generator=gen) * 2 - 1) * 1e-4
             self.tables.append(nn.Parameter(init))
         self.out_dim = n_levels * n_features
+        self.register_buffer("pair", torch.tensor(_PAIR, dtype=torch.int64), persistent=False)
 
     def _level(self, u: torch.Tensor, level: int) -> torch.Tensor:
         """Trilinear interpolation of level ``level``'s table at ``u`` in [0, 1]^3.
@@ -103,7 +104,7 @@ class HashGridEncoding(nn.Module):
         base = torch.clamp(pos.floor(), 0, res - 1)
         frac = pos - base
         lower = base.to(torch.int64)
-        pair = torch.tensor(_PAIR, dtype=torch.int64, device=u.device)
+        pair = self.pair
         if self.dense[level]:
             n = res + 1
             axes = [(lower[:, k:k + 1] + pair) * n ** k for k in range(3)]

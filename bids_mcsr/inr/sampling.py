@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
 import numpy as np
@@ -54,10 +55,15 @@ class TrainingSamples:
     def __len__(self) -> int:
         return int(self.values.shape[0])
 
+    @cached_property
+    def _point_stack(self) -> torch.Tensor:
+        """Per stack, whether it is point-sampled (on the samples' device)."""
+        return torch.tensor([not p for p in self.profiled], device=self.stack.device)
+
     def _groups(self) -> list[np.ndarray]:
         """Voxels per group of :meth:`batch_layout`: the slab-sampled stacks' and, when a
         (near-)isotropic stack is point-sampled beside them, its own."""
-        point = np.asarray([not p for p in self.profiled])[self.stack.cpu().numpy()]
+        point = self._point_stack.cpu().numpy()[self.stack.cpu().numpy()]
         if self.n_profile == 1 or not point.any() or point.all():
             return [np.ones(point.shape, bool)]
         return [~point, point]
@@ -126,8 +132,7 @@ class TrainingSamples:
 
     def point_sampled(self, idx: torch.Tensor) -> torch.Tensor:
         """Which voxels of ``idx`` belong to point-sampled stacks."""
-        point = torch.tensor([not p for p in self.profiled], device=idx.device)
-        return point[self.stack[idx]]
+        return self._point_stack[self.stack[idx]]
 
     def heldout_indices(self) -> np.ndarray:
         """Foreground voxels of the held-out slices (where the fit is scored)."""

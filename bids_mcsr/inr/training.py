@@ -145,9 +145,10 @@ class _Fit:
         n_epoch = self.samples.n_epoch(config.background_fraction)
         self.batch_size = config.effective_batch_size(n_epoch)
         self.steps_per_epoch = config.steps_per_epoch(n_epoch, self.batch_size)
-        if len(self.samples.batch_layout(config.background_fraction, self.batch_size)) > 1:
-            whole = self.samples.whole_batches(config.background_fraction, self.batch_size)
-            self.steps_per_epoch = min(self.steps_per_epoch, whole) if whole else self.steps_per_epoch
+        mixed = len(self.samples.batch_layout(config.background_fraction, self.batch_size)) > 1
+        whole = self.samples.whole_batches(config.background_fraction, self.batch_size)
+        if mixed and whole:  # only the batches that follow the layout: one shape for compile
+            self.steps_per_epoch = min(self.steps_per_epoch, whole)
         self.forward: Callable[[torch.Tensor], torch.Tensor] = (
             torch.compile(model, dynamic=False) if config.compile else model)
         self.opt = _optimiser(model, acquisition, config)
