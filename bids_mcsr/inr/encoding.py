@@ -89,6 +89,7 @@ class HashGridEncoding(nn.Module):
             self.tables.append(nn.Parameter(init))
         self.out_dim = n_levels * n_features
         self.register_buffer("pair", torch.tensor(_PAIR, dtype=torch.int64), persistent=False)
+        self.register_buffer("level_weight", torch.ones(n_levels), persistent=False)
 
     def _level(self, u: torch.Tensor, level: int) -> torch.Tensor:
         """Trilinear interpolation of level ``level``'s table at ``u`` in [0, 1]^3.
@@ -117,4 +118,5 @@ class HashGridEncoding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u = torch.clamp((x + 1) / 2, 0.0, 1.0)
-        return torch.cat([self._level(u, lv) for lv in range(len(self.resolutions))], dim=-1)
+        return torch.cat([self._level(u, lv) * self.level_weight[lv]
+                          for lv in range(len(self.resolutions))], dim=-1)

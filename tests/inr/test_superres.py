@@ -196,3 +196,23 @@ def test_poses_are_refined_when_a_stack_looks_misaligned(phantom):
     assert refines_poses([t1, off], "auto", 0) is True
     assert refines_poses([t1, t2], True, 0) is True and refines_poses([t1, off], False, 0) is False
     assert refines_poses([t1], True, 0) is False  # nothing to refine against
+
+
+@pytest.mark.slow
+def test_refined_pose_recovers_an_injected_offset(phantom):
+    """A stack left 2 mm + 2 degrees off its place is put back to within 0.6 mm and 0.8
+    degrees by the pose refinement (the reference stack fixed); without the coarse-to-fine
+    levels it stalled at 1.2 mm and 1.2 degrees (4 epochs on this phantom)."""
+    _, (t1, t2), grid, _ = phantom
+    turn = np.eye(4)
+    turn[:3, :3] = Rotation.from_euler("xz", [2, 1], degrees=True).as_matrix()
+    turn[:3, 3] = [2.0, -1.0, 1.0]
+    off = t2.with_affine(turn @ t2.affine)
+    res = super_resolve([t1, off], SRConfig(model="fast", epochs=4, mi_stopping=False, seed=0,
+                                            refine_registration=True), grid=grid, reference=0)
+    left = np.asarray(res.acquisition[1]["pose_correction"]) @ turn
+    centre = off.affine[:3, :3] @ ((np.array(off.data.shape) - 1) / 2) + off.affine[:3, 3]
+    shift = np.linalg.norm(left[:3, :3] @ centre + left[:3, 3] - centre)
+    angle = np.degrees(np.arccos(np.clip((np.trace(left[:3, :3]) - 1) / 2, -1, 1)))
+    assert res.settings["poses_refined"] and shift < 0.6 and angle < 0.8
+    assert np.allclose(res.acquisition[0]["pose_correction"], np.eye(4))
