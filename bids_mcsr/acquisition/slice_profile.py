@@ -20,6 +20,7 @@ SLAB_MAX_OF_SPACING = 1.0  # the widest slab the forward model gives a stack, x 
 # the modelled FWHM, x the slice thickness: the Gaussian with the variance of a rectangular slab
 # of that thickness (sigma = thickness / sqrt(12)), 0.68
 SLAB_FWHM_OF_THICKNESS = 2.0 * np.sqrt(2.0 * np.log(2.0)) / np.sqrt(12.0)
+GAP_OF_SPACING = 0.9  # a SliceThickness under this share of the spacing declares gaps
 PROFILE_SAMPLES = 5  # quadrature points across a slab (forward model, back-projection, scoring)
 RESIMULATE_CHUNK = 2**18  # stack voxels re-simulated at once (bounds the coordinate arrays)
 
@@ -56,6 +57,19 @@ def header_too_thick(stack: Stack) -> bool:
     [False, True]
     """
     return not stack.is_isotropic and stack.thickness > 1.001 * widest_slab_mm(stack)
+
+
+def header_declares_gap(stack: Stack) -> bool:
+    """Whether a thick stack's SliceThickness is less than :data:`GAP_OF_SPACING` times its slice
+    spacing: slices with gaps between them, or a header that understates the slab.
+
+    >>> from bids_mcsr.image.io import Stack
+    >>> affine = np.diag([1, 1, 4, 1])
+    >>> [header_declares_gap(Stack(np.zeros((4, 4, 4)), affine, "T1w", slice_thickness=t)) for t in (1, 4)]
+    [True, False]
+    """
+    spacing = float(stack.voxel_sizes[stack.through_plane_axis])
+    return not stack.is_isotropic and stack.thickness < GAP_OF_SPACING * spacing
 
 
 def profile_offsets(profile: str, thickness: float,

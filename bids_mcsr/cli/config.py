@@ -16,6 +16,8 @@ from bids_mcsr.dataset.files import write_json
 
 # --pose-fit's words as SRConfig.refine_registration values (None: the model's choice)
 POSE_FIT = {None: None, "auto": "auto", "on": True, "off": False}
+# --profile-fit's words as SRConfig.learn_profile values (None: its default, auto)
+PROFILE_FIT = {None: "auto", "auto": "auto", "on": True, "off": False}
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class RunConfig:
     model: str
     slice_profile: str
     consistency_iterations: int
-    profile_fit: bool
+    profile_fit: str | None
     pose_fit: str | None
     holdout_fraction: float
     epochs: int | None
@@ -107,7 +109,8 @@ class RunConfig:
                 "epochs": self.epochs, "seed": self.seed, "device": self.device,
                 "threads": threads, "mem_gb": mem_gb, "output_spacing": self.output_resolution,
                 "consistency_iterations": self.consistency_iterations,
-                "learn_profile": self.profile_fit, "refine_registration": POSE_FIT[self.pose_fit],
+                "learn_profile": PROFILE_FIT[self.profile_fit],
+                "refine_registration": POSE_FIT[self.pose_fit],
                 "holdout_fraction": self.holdout_fraction}
 
     def dump(self, path: Path) -> Path:

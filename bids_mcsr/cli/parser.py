@@ -118,9 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="rounds of back-projecting the stacks' residuals into the outputs, "
                     "each weighted down to the stack's estimated noise floor "
                     f"(0: off; default: the model's, {_by_model('consistency_iterations')})")
-    sr.add_argument("--profile-fit", action="store_true",
+    sr.add_argument("--profile-fit", choices=["auto", "on", "off"],
                     help="fit each stack's slab width on held-out slices, from the modelled one "
-                    "(docs/method.md); opt-in: measured to help only where the header is wrong")
+                    "(docs/method.md): auto (default) when a stack's SliceThickness leaves gaps "
+                    "between its slices, on, or off")
     sr.add_argument("--pose-fit", choices=["auto", "on", "off"],
                     help="refine each stack's rigid pose (on top of registration) during the fit: "
                     "auto (the fast model's default) when a stack looks misaligned by 1 mm or more "

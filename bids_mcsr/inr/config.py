@@ -13,9 +13,10 @@ class SRConfig:
     """User-facing settings of :func:`super_resolve` (``None`` = the model's default,
     :func:`bids_mcsr.inr.presets.model_spec`; :meth:`resolved` fills them in).
 
-    ``learn_profile``: fit each thick stack's slice-profile width with the network (off by
-    default: on the robustness benchmark it wins where the header or the profile shape is
-    wrong and loses where it is right, docs/evaluation.md); ``refine_registration``: refine
+    ``learn_profile``: fit each thick stack's slice-profile width with the network (True,
+    False, ``"auto"``: when a stack's header declares gaps between its slices; on the
+    robustness benchmark it wins there and loses where a thick slab is declared right,
+    docs/evaluation.md); ``refine_registration``: refine
     each stack's rigid pose with the network (True, False, ``"auto"``: when a stack looks
     misaligned; the model's choice when None).
     ``holdout_fraction`` of each thick stack's slices are withheld from training to score the
@@ -43,7 +44,7 @@ class SRConfig:
     max_train_seconds: float | None = None
     finest_mm: float | None = None
     consistency_iterations: int | None = None
-    learn_profile: bool = False
+    learn_profile: bool | str = "auto"
     refine_registration: bool | str | None = None
     holdout_fraction: float | None = None
     keep_network_output: bool = False

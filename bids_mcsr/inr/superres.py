@@ -12,7 +12,13 @@ import torch
 
 from bids_mcsr.acquisition.backprojection import enforce_consistency
 from bids_mcsr.acquisition.holdout import choose_heldout, validate
-from bids_mcsr.acquisition.slice_profile import PROFILES, header_too_thick, slab_fwhm, widest_slab_mm
+from bids_mcsr.acquisition.slice_profile import (
+    PROFILES,
+    header_declares_gap,
+    header_too_thick,
+    slab_fwhm,
+    widest_slab_mm,
+)
 from bids_mcsr.image.alignment import misaligned_stacks
 from bids_mcsr.image.geometry import (
     CoordinateFrame,
@@ -140,6 +146,23 @@ def refines_poses(stacks: Sequence[Stack], choice: bool | str, reference: int) -
     return bool(off)
 
 
+def learns_profiles(stacks: Sequence[Stack], choice: bool | str) -> bool:
+    """Whether the fit learns the stacks' slab widths.
+
+    ``choice`` True or False is followed. ``"auto"``: only when a thick stack's header declares
+    gaps between its slices (:func:`~bids_mcsr.acquisition.slice_profile.header_declares_gap`),
+    where the modelled slab is the header's guess at its narrowest.
+    """
+    if choice != "auto":
+        return bool(choice)
+    gaps = [s for s in stacks if header_declares_gap(s)]
+    for s in gaps:
+        log.info("%s: SliceThickness %.2f mm leaves gaps between slices %.2f mm apart: "
+                 "learning every stack's slab width during the fit", s.name, s.thickness,
+                 float(s.voxel_sizes[s.through_plane_axis]))
+    return bool(gaps)
+
+
 def _problem(stacks: Sequence[Stack], config: SRConfig, grid: Grid, reference: int) -> _Problem:
     _note_capped_headers(stacks)
     contrasts = contrasts_of(stacks)
@@ -149,8 +172,8 @@ def _problem(stacks: Sequence[Stack], config: SRConfig, grid: Grid, reference: i
     heldout = [choose_heldout(s, held_rng, config.holdout_fraction) for s in stacks]
     samples = build_samples(stacks, contrasts, frame, scalers, masks, config.slice_profile,
                             config.profile_samples, heldout)
-    acquisition = StackAcquisition(stacks, frame, samples.profiled,
-                                   learn_profile=config.learn_profile and samples.n_profile > 1,
+    widths = samples.n_profile > 1 and learns_profiles(stacks, config.learn_profile)
+    acquisition = StackAcquisition(stacks, frame, samples.profiled, learn_profile=widths,
                                    refine_pose=refines_poses(stacks, config.refine_registration, reference),
                                    reference=reference)
     per_contrast = grid_masks(stacks, masks, grid, contrasts)
@@ -231,6 +254,7 @@ def _settings(config: SRConfig, problem: _Problem, tcfg: TrainConfig, stacks: Se
             "learn_profile": config.learn_profile,
             "refine_registration": config.refine_registration,
             "poses_refined": bool(problem.acquisition.rotation.requires_grad),
+            "profiles_learned": bool(problem.acquisition.log_width.requires_grad),
             "holdout_fraction": config.holdout_fraction, "reference_stack": stacks[reference].name,
             "mi_stopping": {"enabled": config.mi_stopping, "window": tcfg.mi_window,
                             "tolerance_nats": tcfg.mi_tolerance, "min_epochs": tcfg.min_epochs},

@@ -179,11 +179,12 @@ class _Fit:
                                            betas=config.adam_betas, eps=config.adam_eps, fused=True)
                           if acquisition.log_width.requires_grad and self.held_idx.size else None)
         self.sched = config.scheduler(self.opt, self.steps_per_epoch)
+        learning = acquisition.rotation.requires_grad or self.width_opt is not None
+        encoding = getattr(model, "encoding", None)  # a hash grid's levels come in coarse to fine
+        self.levels = (encoding if config.coarse_to_fine and learning
+                       and hasattr(encoding, "level_weight") else None)
         self.t0 = time.perf_counter()
         self.out_of_time = False
-        encoding = getattr(model, "encoding", None)  # a hash grid's levels come in coarse to fine
-        self.levels = (encoding if config.coarse_to_fine and acquisition.rotation.requires_grad
-                       and hasattr(encoding, "level_weight") else None)
 
     def _budget_spent(self) -> bool:
         """With a time budget: whether it is spent, else the cosine learning rate over time."""

@@ -60,3 +60,16 @@ def test_poses_are_refined_when_a_stack_looks_misaligned_unless_told_otherwise(c
     assert refines("--pose-fit", "on") is True and refines("--pose-fit", "off") is False
     assert refines("--model", "paper") is False
     assert refines("--model", "paper", "--pose-fit", "auto") == "auto"
+
+
+def test_slab_widths_are_learned_where_headers_declare_gaps_unless_told_otherwise(config, tmp_path):
+    from bids_mcsr.inr.config import SRConfig
+
+    def learns(*extra: str) -> bool | str:
+        opts = parse_args([str(config.bids_dir), str(tmp_path / "out"), "participant", *extra])
+        return SRConfig(**RunConfig.from_namespace(opts).sr_config(1, None)).resolved().learn_profile
+
+    assert learns() == "auto" and learns("--profile-fit", "auto") == "auto"
+    assert learns("--profile-fit", "on") is True and learns("--profile-fit", "off") is False
+    with pytest.raises(SystemExit):
+        parse_args([str(config.bids_dir), str(tmp_path / "out"), "participant", "--profile-fit", "yes"])

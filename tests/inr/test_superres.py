@@ -18,7 +18,7 @@ from bids_mcsr.inr.model import build_model
 from bids_mcsr.inr.presets import model_spec
 from bids_mcsr.inr.sampling import build_samples, stack_masks_and_scalers
 from bids_mcsr.inr.stopping import mean_pairwise_mi, mi_plateaued
-from bids_mcsr.inr.superres import refines_poses, super_resolve
+from bids_mcsr.inr.superres import learns_profiles, refines_poses, super_resolve
 from bids_mcsr.inr.training import TrainConfig, train
 
 # 2 mm truth, 6 mm slices: a 3x anisotropic T1w (axial) and T2w (coronal)
@@ -216,3 +216,12 @@ def test_refined_pose_recovers_an_injected_offset(phantom):
     angle = np.degrees(np.arccos(np.clip((np.trace(left[:3, :3]) - 1) / 2, -1, 1)))
     assert res.settings["poses_refined"] and shift < 0.6 and angle < 0.8
     assert np.allclose(res.acquisition[0]["pose_correction"], np.eye(4))
+
+
+def test_slab_widths_are_learned_when_a_header_declares_gaps(phantom):
+    _, (t1, t2), _, _ = phantom  # 6 mm slices declared 6 mm thick
+    thin = t2.with_affine(t2.affine)
+    thin.slice_thickness = 3.0  # 3 mm slices 6 mm apart, or a header at half the slab
+    assert learns_profiles([t1, t2], "auto") is False
+    assert learns_profiles([t1, thin], "auto") is True
+    assert learns_profiles([t1, t2], True) is True and learns_profiles([t1, thin], False) is False

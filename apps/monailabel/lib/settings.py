@@ -11,9 +11,10 @@ from lib.bids_bridge import Image, command
 # --conf keys passed on to bids-mcsr as ``--<key with dashes> <value>``
 VALUE_OPTIONS = ("seed", "device", "epochs", "model", "nprocs", "omp_nthreads", "mem_gb",
                  "bias_correction", "registration", "slice_profile", "consistency_iterations",
-                 "holdout_fraction", "output_resolution", "reference", "pose_fit")
+                 "holdout_fraction", "output_resolution", "reference", "pose_fit",
+                 "profile_fit")
 # --conf keys passed on as a bare ``--<key with dashes>`` when their value is true
-FLAG_OPTIONS = ("skip_bids_validation", "profile_fit")
+FLAG_OPTIONS = ("skip_bids_validation",)
 TRUE = ("1", "true", "yes", "on")
 
 
