@@ -177,4 +177,5 @@ def rows() -> list[Acquisition]:
                     pair("rect", "missing", misplace=(2.0, 2.0)), 3.0),
         Acquisition("rect 6 every 4 (overlapping slabs), header 6",
                     [StackSpec("T1w", AX, "rect", 6.0, 4.0), StackSpec("T2w", COR, "rect", 6.0, 4.0)]),
+        Acquisition("rect 4 every 5 (1 mm gaps), header 4", pair("rect", spacing=5.0)),
     ]

@@ -207,12 +207,16 @@ def main(argv=None) -> int:
                "peak_rss_gb": peak_rss_gb(), "estimated_peak_gb": estimated_gb,
                "train_points_per_s": float(np.mean(curve.rates)),
                "inference_voxels_per_s": grid.n_voxels / res.timings["inference_s"],
-               "time_to_final_quality_s": to_final_s, "quality": quality}
+               "time_to_final_quality_s": to_final_s, "quality": quality,
+               "heldout_validation_s": res.timings["heldout_scoring_s"]}
     print(f"bids-mcsr pipeline benchmark: {a.model} model, profile {profile}, device {device}, "
           f"torch {torch.__version__}, python {platform.python_version()}")
     print(f"stacks {t1.data.shape} + {t2.data.shape} -> grid {grid.shape} at {a.truth_mm} mm; "
           f"epochs run {res.epochs_run} (stopped at {res.stopped_epoch})")
     report(figures, previous, settings, to_final_epoch)
+    print(f"held-out validation after the fit (within data consistency): "
+          f"{figures['heldout_validation_s']:.1f} s, "
+          f"{100 * figures['heldout_validation_s'] / total:.1f} % of the run")
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps({

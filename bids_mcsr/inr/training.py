@@ -27,7 +27,7 @@ SCHEDULES = ("per-step", "per-epoch")
 POSE_LR_RAD = 0.05
 SHIFT_LR_MM = 2.0
 # Share of the fit over which the hash grid's finer levels (cells under COARSE_MM) come in while
-# poses are refined. With all levels from the start the network fits the misplaced stack's
+# poses (or slab widths) are learned. With all levels from the start the network fits the misplaced stack's
 # details where they lie and the pose stalls: on the robustness benchmark's stack left 2 mm /
 # 2 degrees off the residual fell from 0.8-1.7 mm to 0.06-0.17 mm (rows 10 and 13, two seeds,
 # the rows it was chosen on); on the 2 mm whole-head phantom with 6 mm slices, an offset of
@@ -55,7 +55,7 @@ class TrainConfig:
     ``acquisition_every``-th step: the poses from a training batch, the widths from a batch
     of held-out voxels with the network fixed (their gradient through the encoding costs
     about half a step). Without held-out slices the widths stay at their initial values. While
-    the poses learn, a hash grid's levels finer than ``coarse_mm`` are brought in over the
+    poses or widths learn, a hash grid's levels finer than ``coarse_mm`` are brought in over the
     first ``coarse_to_fine`` share of the epochs (:func:`level_weights`; 0: all from the
     start). The held-out error is tracked every epoch.
     """
@@ -200,7 +200,7 @@ class _Fit:
         return False
 
     def _coarse_to_fine(self, epoch: int, step: int) -> None:
-        """While poses are refined, the hash grid's finer levels come in over the first
+        """While poses or widths learn, the hash grid's finer levels come in over the first
         ``coarse_to_fine`` share of the fit (:func:`level_weights`)."""
         if self.levels is None:
             return
