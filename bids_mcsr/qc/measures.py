@@ -25,7 +25,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from bids_mcsr.acquisition.slice_profile import resimulate_stack, slice_normal
+from bids_mcsr.acquisition.slice_profile import resimulate_stack, slice_normal, spline_coefficients
 from bids_mcsr.image.alignment import alignment_check, misaligned
 from bids_mcsr.image.geometry import Grid
 from bids_mcsr.image.intensity import foreground_mask
@@ -41,7 +41,7 @@ SSIM_MIN_SLICES = 11  # the Gaussian window (sigma 1.5) of metrics.ssim spans 11
 
 
 def data_consistency(volume: np.ndarray, grid: Grid, stack: Stack,
-                     profile: str = "gaussian") -> dict:
+                     profile: str = "gaussian", prefiltered: bool = False, workers: int = 1) -> dict:
     """PSNR and SSIM of an acquired stack against its re-simulation from an SR volume.
 
     Parameters
@@ -54,6 +54,9 @@ def data_consistency(volume: np.ndarray, grid: Grid, stack: Stack,
         An acquired (registered) stack.
     profile : str
         Slice profile used for the fit (``gaussian``, ``boxcar``, ``none``).
+    prefiltered, workers
+        As in :func:`~bids_mcsr.acquisition.slice_profile.resimulate_stack`: ``volume`` holds
+        spline coefficients already; threads (the result does not depend on them).
 
     Returns
     -------
@@ -62,7 +65,8 @@ def data_consistency(volume: np.ndarray, grid: Grid, stack: Stack,
         range; None for a stack of fewer than ``SSIM_MIN_SLICES`` slices, thinner than the
         SSIM window) and ``mask_voxels``.
     """
-    predicted = resimulate_stack(volume, grid, stack, profile)
+    predicted = resimulate_stack(volume, grid, stack, profile, prefiltered=prefiltered,
+                                 workers=workers)
     mask = foreground_mask(stack.data)
     thick_enough = min(stack.data.shape) >= SSIM_MIN_SLICES
     return {"psnr_db": psnr(predicted, stack.data, mask),
@@ -176,7 +180,8 @@ def input_summary(stack: Stack) -> dict:
             "through_plane_axis": stack.through_plane_axis}
 
 
-def subject_metrics(stacks: Sequence[Stack], reference_index: int, result: SRResult) -> dict:
+def subject_metrics(stacks: Sequence[Stack], reference_index: int, result: SRResult,
+                    workers: int = 1) -> dict:
     """Every no-ground-truth metric of one fit.
 
     Parameters
@@ -187,6 +192,8 @@ def subject_metrics(stacks: Sequence[Stack], reference_index: int, result: SRRes
         Index of the reference stack in ``stacks``.
     result : SRResult
         The fit.
+    workers : int
+        Threads of the stacks' re-simulation (the result does not depend on them).
 
     Returns
     -------
@@ -198,12 +205,13 @@ def subject_metrics(stacks: Sequence[Stack], reference_index: int, result: SRRes
         convergence entries of :func:`mi_convergence`, ``mi_rule_epoch`` and ``best_epoch``.
     """
     profile = result.settings.get("slice_profile", "gaussian")
-    inputs = []
-    for stack in stacks:
-        summary = input_summary(stack)
-        summary["data_consistency"] = data_consistency(result.volumes[stack.contrast],
-                                                       result.grid, stack, profile)
-        inputs.append(summary)
+    inputs = [input_summary(stack) for stack in stacks]
+    for contrast in dict.fromkeys(s.contrast for s in stacks):  # one contrast's spline at a time
+        coeffs = spline_coefficients(result.volumes[contrast])
+        for stack, summary in zip(stacks, inputs):
+            if stack.contrast == contrast:
+                summary["data_consistency"] = data_consistency(
+                    coeffs, result.grid, stack, profile, prefiltered=True, workers=workers)
     axis = grid_axis_along(result.grid, slice_normal(stacks[reference_index]))
     fit = result_dict(result)
     rows = stack_rows(fit, [s.name for s in stacks])

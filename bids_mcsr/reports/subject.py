@@ -90,7 +90,7 @@ def build_record(subject: str, session: str | None, stacks: Sequence[Stack],
     step times, peak memory and the run options in ``extra``."""
     peak = extra.get("peak_memory_gb")
     measures = {
-        **subject_metrics(stacks, reference_index, result),
+        **subject_metrics(stacks, reference_index, result, int(extra.get("omp_nthreads") or 1)),
         "reference": stacks[reference_index].name,
         "output_grid": {"shape": [int(n) for n in result.grid.shape],
                         "spacing_mm": [float(s) for s in result.grid.spacing],
