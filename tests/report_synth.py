@@ -68,7 +68,7 @@ def fake_fit(stacks: list[Stack], gain_db: float | dict = 1.5, shift_mm: float |
         correction[0, 3] = shift
         acquisition.append({
             "name": stack.name, "contrast": c, "header_thickness_mm": header_mm,
-            "spacing_mm": float(stack.voxel_sizes[stack.through_plane_axis]),
+            "spacing_mm": stack.slice_spacing,
             "fitted_fwhm_mm": pick(fwhm_mm, c, None) or 0.95 * stack.thickness,
             "pose_shift_mm": shift,
             "pose_rotation_deg": rotation_deg if stack is not stacks[0] else 0.0,

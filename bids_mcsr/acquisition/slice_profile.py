@@ -44,7 +44,7 @@ def slab_fwhm(stack: Stack) -> float:
 def widest_slab_mm(stack: Stack) -> float:
     """The thickest slab a stack is believed to have: :data:`SLAB_MAX_OF_SPACING` times its
     slice spacing (a header above it is capped there and flagged by :func:`header_too_thick`)."""
-    return SLAB_MAX_OF_SPACING * float(stack.voxel_sizes[stack.through_plane_axis])
+    return SLAB_MAX_OF_SPACING * stack.slice_spacing
 
 
 def header_too_thick(stack: Stack) -> bool:
@@ -68,8 +68,7 @@ def header_declares_gap(stack: Stack) -> bool:
     >>> [header_declares_gap(Stack(np.zeros((4, 4, 4)), affine, "T1w", slice_thickness=t)) for t in (1, 4)]
     [True, False]
     """
-    spacing = float(stack.voxel_sizes[stack.through_plane_axis])
-    return not stack.is_isotropic and stack.thickness < GAP_OF_SPACING * spacing
+    return not stack.is_isotropic and stack.thickness < GAP_OF_SPACING * stack.slice_spacing
 
 
 def profile_offsets(profile: str, thickness: float,

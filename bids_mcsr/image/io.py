@@ -62,11 +62,16 @@ class Stack:
         return int(np.argmax(self.voxel_sizes))
 
     @property
+    def slice_spacing(self) -> float:
+        """Distance between slice centres in mm (the voxel size along the slice axis)."""
+        return float(self.voxel_sizes[self.through_plane_axis])
+
+    @property
     def thickness(self) -> float:
         """Slice thickness in mm (the spacing along the slice axis when not given)."""
         if self.slice_thickness is not None:
             return float(self.slice_thickness)
-        return float(self.voxel_sizes[self.through_plane_axis])
+        return self.slice_spacing
 
     @property
     def is_isotropic(self) -> bool:

@@ -21,14 +21,14 @@ from bids_mcsr.image.io import Stack
 _RAS_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 REGISTRATION_SAMPLING = 0.1
-# A reference with this many times the moving stack's voxels is registered onto the stack instead
-# (and the transform inverted): ANTs samples its metric on the fixed image's voxels, so a 1 mm 3D
-# reference made each 4 mm stack's registration twice as slow (52-57 s against 25-29 s, the same
-# accuracy to 0.14 mm over the field of view, docs/evaluation.md).
-FIXED_VOXELS_RATIO = 2.0
 """Share of voxels the Mattes metric samples (ANTsPy's default 0.2). Measured on the 1 mm
 template's 4 mm axial T1w / coronal T2w, aligned and moved 3 mm / 3 degrees two ways: 30 s
 -> 15 s on one thread, the largest head displacement left 0.17-0.19 mm -> 0.17-0.23 mm."""
+FIXED_VOXELS_RATIO = 2.0
+"""A reference with this many times the moving stack's voxels is registered onto the stack
+instead (and the transform inverted): ANTs samples its metric on the fixed image's voxels, so
+a 1 mm 3D reference made each 4 mm stack's registration twice as slow (52-57 s against 24-30
+s, the same accuracy to 0.14 mm over the field of view, docs/evaluation.md)."""
 
 
 def set_threads(threads: int | None) -> None:

@@ -38,7 +38,7 @@ def describe_acquisition(stack: Stack, fitted, heldout: np.ndarray,
     noise (``sigma``) and held-out slices."""
     return {"name": stack.name, "contrast": stack.contrast,
             "header_thickness_mm": stack.slice_thickness,
-            "spacing_mm": float(stack.voxel_sizes[stack.through_plane_axis]),
+            "spacing_mm": stack.slice_spacing,
             "fitted_fwhm_mm": fitted.fwhm_mm, "pose_shift_mm": fitted.shift_mm,
             "pose_rotation_deg": fitted.rotation_deg, "pose_correction": fitted.correction,
             "noise_sigma": sigma, "noise_percent": 100 * sigma / (scaler.high - scaler.low),

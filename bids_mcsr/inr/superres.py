@@ -159,7 +159,7 @@ def learns_profiles(stacks: Sequence[Stack], choice: bool | str) -> bool:
     for s in gaps:
         log.info("%s: SliceThickness %.2f mm leaves gaps between slices %.2f mm apart: "
                  "learning every stack's slab width during the fit", s.name, s.thickness,
-                 float(s.voxel_sizes[s.through_plane_axis]))
+                 s.slice_spacing)
     return bool(gaps)
 
 
