@@ -4,7 +4,8 @@ contrast where they are invisible?
 The truth is the robustness benchmark's template case (``bench_robustness.template_case``:
 a central 64 x 80 x 64 mm crop of the 1 mm ICBM 2009a template with its T1w and the T2w- and
 FLAIR-like contrasts of ``bids_mcsr.evaluation.phantom``) with the lesions of
-``bids_mcsr.evaluation.lesions`` inserted and a contrast-enhanced T1w derived from the T1w.
+``bids_mcsr.evaluation.lesions`` inserted and a contrast-enhanced T1w derived from the T1w
+(``--case real``: the same on a real subject's anatomy, ``cases.real_anatomy_truth``).
 Every stack is acquired by ``acquisitions.make_stacks``: rectangular 4 mm slabs every 4 mm,
 2 % Rician noise; a 3D stack is the noisy truth itself (1 mm isotropic).
 
@@ -54,6 +55,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from acquisitions import AX, COR, SAG, Acquisition, StackSpec, make_stacks  # noqa: E402
 from bench_robustness import template_case  # noqa: E402
+from cases import real_anatomy_truth  # noqa: E402
 
 from bids_mcsr.evaluation.lesions import CE_T1W, LesionCase, build_lesion_case, lesion_scores, pooled_psnr  # noqa: E402  # noqa: E402
 from bids_mcsr.image.geometry import Grid  # noqa: E402
@@ -236,7 +238,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--rows", default=None, help="comma-separated row numbers (default: all)")
-    p.add_argument("--crop", default="64,80,64", help="truth crop (voxels of 1 mm)")
+    p.add_argument("--crop", default="64,80,64", help="truth crop (voxels)")
+    p.add_argument("--case", choices=("template", "real"), default="template",
+                   help="template: the ICBM 2009a crop (1 mm); real: the rorden subject's T1w and "
+                        "contrasts from its tissue classes (0.88 mm, needs ../shared/data)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the app's)")
     p.add_argument("--json", type=Path, default=None)
@@ -248,12 +253,13 @@ def main(argv=None) -> int:
         return 0
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(a.threads)
-    case = build_lesion_case(*template_case(tuple(int(v) for v in a.crop.split(","))))
+    crop = tuple(int(v) for v in a.crop.split(","))
+    case = build_lesion_case(*(template_case(crop) if a.case == "template" else real_anatomy_truth(crop)))
     all_rows = rows()
     picked = [all_rows[int(i)] for i in a.rows.split(",")] if a.rows else all_rows
     seeds = [int(s) for s in a.seeds.split(",")]
     print("per method and contrast: mean±spread over seeds", seeds)
-    meta = {"seeds": seeds, "crop": a.crop, "threads": a.threads, "epochs": a.epochs,
+    meta = {"seeds": seeds, "crop": a.crop, "case": a.case, "threads": a.threads, "epochs": a.epochs,
             "noise_percent": NOISE_PERCENT, "torch": torch.__version__,
             "python": platform.python_version(), "machine": platform.machine()}
     report: list[dict] = []

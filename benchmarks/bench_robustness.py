@@ -24,11 +24,15 @@ method, every number the mean over ``--seeds`` with the spread (max - min) besid
 Scored inside the truth's head mask on the truth's range (``bids_mcsr.image.metrics``), for every
 contrast acquired thick-slice. The truth is a central crop of the 1 mm ICBM 2009a template
 (``--crop``, 64 x 80 x 64 mm by default) so that the whole table fits in well under an hour
-on 2 CPU cores (run two halves of the rows side by side with ``--threads 1``).
+on 2 CPU cores (run two halves of the rows side by side with ``--threads 1``). ``--case real``
+takes a real subject's anatomy instead (``cases.real_anatomy_truth``: the rorden T1w at 0.88 mm
+and contrasts from its own tissue classes; ``--crop 72,90,72`` is the same 64 x 80 x 64 mm).
 
 Usage::
 
     python benchmarks/bench_robustness.py --seeds 0,1 --json benchmarks/results/robustness.json
+    python benchmarks/bench_robustness.py --case real --crop 72,90,72 --seeds 0,1 --methods "" \
+        --json benchmarks/results/robustness_real.json
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from acquisitions import THIN_MM, Acquisition, make_stacks, rows  # noqa: E402
+from cases import real_anatomy_truth  # noqa: E402
 
 from bids_mcsr.acquisition import slice_profile  # noqa: E402
 from bids_mcsr.acquisition.backprojection import enforce_consistency  # noqa: E402
@@ -230,13 +235,17 @@ def main(argv=None) -> int:
                         "pose-fit, profile-fit, epochs=N)")
     p.add_argument("--method-seeds", default="0",
                    help="seeds of the refits beside the default (CPU budget)")
-    p.add_argument("--crop", default="64,80,64", help="truth crop (voxels of 1 mm)")
+    p.add_argument("--crop", default="64,80,64", help="truth crop (voxels)")
+    p.add_argument("--case", choices=("template", "real"), default="template",
+                   help="template: the ICBM 2009a crop (1 mm); real: the rorden subject's T1w and "
+                        "contrasts from its tissue classes (0.88 mm, needs ../shared/data)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(a.threads)
-    case = template_case(tuple(int(v) for v in a.crop.split(",")))
+    crop = tuple(int(v) for v in a.crop.split(","))
+    case = template_case(crop) if a.case == "template" else real_anatomy_truth(crop)
     all_rows = rows()
     picked = [all_rows[int(i)] for i in a.rows.split(",")] if a.rows else all_rows
     seeds = [int(s) for s in a.seeds.split(",")]
@@ -264,8 +273,9 @@ def main(argv=None) -> int:
         report.append({"row": row.name, "summary": summary, **extra})
         if a.json:
             a.json.parent.mkdir(parents=True, exist_ok=True)
-            meta = {"seeds": seeds, "crop": a.crop, "threads": a.threads, "torch": torch.__version__,
-                    "python": platform.python_version(), "machine": platform.machine()}
+            meta = {"seeds": seeds, "crop": a.crop, "case": a.case, "threads": a.threads,
+                    "torch": torch.__version__, "python": platform.python_version(),
+                    "machine": platform.machine()}
             a.json.write_text(json.dumps({"meta": meta, "rows": report}, indent=1, default=float))
     return 0
 
