@@ -16,7 +16,8 @@ method, every number the mean over ``--seeds`` with the spread (max - min) besid
 * ``pose-fit`` / ``profile-fit``: a refit with pose refinement (rows with a misplaced stack) /
   with slice-profile learning (``--pose-fit`` / ``--profile-fit``); their fitted poses and
   widths are kept in the JSON (``refits``);
-* ``epochs=N``: a refit with N epochs (its fit time in ``seconds``);
+* ``epochs=N``: a refit with N epochs (its fit time in ``seconds``); ``finest=X``: a refit
+  whose finest hash-grid cell is X mm;
 * ``uncapped``: a refit whose slab may be wider than the slice spacing (the header's
   SliceThickness as it is, as before the cap of ``slice_profile.slab_fwhm``);
 * ``slab=X``: a refit with the modelled FWHM X times the header's thickness.
@@ -188,6 +189,10 @@ def run_row(row: Acquisition, seed: int, case, methods: list[str], threads: int)
         alt = super_resolve(stacks, SRConfig(seed=seed, threads=threads, learn_profile=True), grid=grid)
         out["methods"]["profile-fit"] = scores(alt.volumes, truth, mask, thick)
         out["refits"]["profile-fit"] = fitted(alt, stacks, row, moved)
+    for method in (m for m in methods if m.startswith("finest=")):
+        alt = super_resolve(stacks, SRConfig(seed=seed, threads=threads,
+                                             finest_mm=float(method.split("=")[1])), grid=grid)
+        out["methods"][method] = scores(alt.volumes, truth, mask, thick)
     for method in (m for m in methods if m.startswith("epochs=")):
         t0 = time.perf_counter()
         alt = super_resolve(stacks, SRConfig(seed=seed, threads=threads,
@@ -232,7 +237,7 @@ def main(argv=None) -> int:
     p.add_argument("--rows", default=None, help="comma-separated row numbers (default: all)")
     p.add_argument("--methods", default="previous,fixed-pose",
                    help="refits beside the default (previous, fixed-profile, fixed-pose, uncapped, slab=X, "
-                        "pose-fit, profile-fit, epochs=N)")
+                        "pose-fit, profile-fit, epochs=N, finest=X)")
     p.add_argument("--method-seeds", default="0",
                    help="seeds of the refits beside the default (CPU budget)")
     p.add_argument("--crop", default="64,80,64", help="truth crop (voxels)")

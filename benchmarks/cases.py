@@ -63,8 +63,9 @@ def real_anatomy_truth(crop: tuple[int, int, int]) -> tuple[dict[str, np.ndarray
     """A central ``crop`` (voxels of 0.88 mm) of the real rorden T1w, reoriented to RAS, with
     T2w- and FLAIR-like contrasts from its own tissue classes.
 
-    The classes are ANTs Atropos posteriors (k-means initialised, 3 classes: CSF, grey and
-    white matter, a light MRF prior) inside the crop's foreground; each derived contrast is a
+    The classes are ANTs Atropos posteriors (Otsu initialised, 3 classes: CSF, grey and
+    white matter, no MRF prior: with one, the classes differed from run to run, whatever the
+    seed and threads) inside the crop's foreground; each derived contrast is a
     mix of the three posteriors with the weights of ``phantom.mni_truth`` (the template
     case's contrasts), so it keeps this subject's boundaries, partial volumes and fine
     folding. The T1w is the acquisition itself, its noise included.
@@ -92,7 +93,7 @@ def real_anatomy_truth(crop: tuple[int, int, int]) -> tuple[dict[str, np.ndarray
     spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
     seg = ants.atropos(a=ants.from_numpy(t1, spacing=spacing),
                        x=ants.from_numpy(mask.astype(np.float32), spacing=spacing),
-                       i="kmeans[3]", m="[0.1,1x1x1]", c="[5,0]")
+                       i="Otsu[3]", m="[0,1x1x1]", c="[5,0]")
     csf, gm, wm = (p.numpy().astype(np.float32) for p in seg["probabilityimages"])  # by mean T1
     scale = 1000.0 / float(np.percentile(t1[mask], 99.5))
     vols = {"T1w": scale * t1,

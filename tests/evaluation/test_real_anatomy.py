@@ -29,3 +29,5 @@ def test_real_anatomy_truth_keeps_the_subject_and_orders_its_tissues(monkeypatch
     assert np.percentile(t1, 99.5) == pytest.approx(1000, rel=1e-3)
     # the subject's own fine structure: neighbouring voxels differ as in a real 0.88 mm image
     assert np.mean(np.abs(np.diff(vols["T2w"], axis=0))[mask[1:]]) > 5
+    again = real_anatomy_truth((40, 48, 40))[0]  # the same classes every run (no random MRF order)
+    assert all(np.array_equal(again[k], vols[k]) for k in vols)
