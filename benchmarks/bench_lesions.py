@@ -54,8 +54,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from acquisitions import AX, COR, SAG, Acquisition, StackSpec, make_stacks  # noqa: E402
-from bench_robustness import template_case  # noqa: E402
-from cases import real_anatomy_truth  # noqa: E402
+from bench_robustness import CASE_HELP, CASES  # noqa: E402
 
 from bids_mcsr.evaluation.lesions import CE_T1W, LesionCase, build_lesion_case, lesion_scores, pooled_psnr  # noqa: E402  # noqa: E402
 from bids_mcsr.image.geometry import Grid  # noqa: E402
@@ -239,9 +238,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--rows", default=None, help="comma-separated row numbers (default: all)")
     p.add_argument("--crop", default="64,80,64", help="truth crop (voxels)")
-    p.add_argument("--case", choices=("template", "real"), default="template",
-                   help="template: the ICBM 2009a crop (1 mm); real: the rorden subject's T1w and "
-                        "contrasts from its tissue classes (0.88 mm, needs ../shared/data)")
+    p.add_argument("--case", choices=tuple(CASES), default="template", help=CASE_HELP)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the app's)")
     p.add_argument("--json", type=Path, default=None)
@@ -254,7 +251,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(a.threads)
     crop = tuple(int(v) for v in a.crop.split(","))
-    case = build_lesion_case(*(template_case(crop) if a.case == "template" else real_anatomy_truth(crop)))
+    case = build_lesion_case(*CASES[a.case](crop))
     all_rows = rows()
     picked = [all_rows[int(i)] for i in a.rows.split(",")] if a.rows else all_rows
     seeds = [int(s) for s in a.seeds.split(",")]

@@ -52,7 +52,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from acquisitions import THIN_MM, Acquisition, make_stacks, rows  # noqa: E402
-from cases import real_anatomy_truth  # noqa: E402
+from cases import central_crop, real_anatomy_truth  # noqa: E402
 
 from bids_mcsr.acquisition import slice_profile  # noqa: E402
 from bids_mcsr.acquisition.backprojection import enforce_consistency  # noqa: E402
@@ -67,16 +67,14 @@ ROUNDS = 3
 
 
 def template_case(crop: tuple[int, int, int]):
-    vols, affine = mni_truth(1)
-    shape = np.asarray(vols["T1w"].shape)
-    lo = np.maximum((shape - np.asarray(crop)) // 2, 0)
-    hi = np.minimum(lo + np.asarray(crop), shape)
-    cut = tuple(slice(a, b) for a, b in zip(lo, hi))
-    vols = {k: np.ascontiguousarray(v[cut]) for k, v in vols.items()}
-    aff = affine.copy()
-    aff[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
+    vols, affine = central_crop(*mni_truth(1), crop)
     mask = vols["T1w"] > 0.05 * vols["T1w"].max()
-    return vols, aff, mask
+    return vols, affine, mask
+
+
+CASES = {"template": template_case, "real": real_anatomy_truth}  # --case: the truth's builder
+CASE_HELP = ("template: the ICBM 2009a crop (1 mm); real: the rorden subject's T1w and contrasts "
+             "from its tissue classes (0.88 mm, needs ../shared/data)")
 
 
 def scores(volumes: dict, truth: dict, mask: np.ndarray, contrasts: list[str]) -> dict:
@@ -241,16 +239,14 @@ def main(argv=None) -> int:
     p.add_argument("--method-seeds", default="0",
                    help="seeds of the refits beside the default (CPU budget)")
     p.add_argument("--crop", default="64,80,64", help="truth crop (voxels)")
-    p.add_argument("--case", choices=("template", "real"), default="template",
-                   help="template: the ICBM 2009a crop (1 mm); real: the rorden subject's T1w and "
-                        "contrasts from its tissue classes (0.88 mm, needs ../shared/data)")
+    p.add_argument("--case", choices=tuple(CASES), default="template", help=CASE_HELP)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(a.threads)
     crop = tuple(int(v) for v in a.crop.split(","))
-    case = template_case(crop) if a.case == "template" else real_anatomy_truth(crop)
+    case = CASES[a.case](crop)
     all_rows = rows()
     picked = [all_rows[int(i)] for i in a.rows.split(",")] if a.rows else all_rows
     seeds = [int(s) for s in a.seeds.split(",")]

@@ -59,6 +59,17 @@ def rorden_case(thickness: float = 4.0) -> Case:
     return Case("rorden", [lr, pd], Grid(t1.shape, img.affine), {"T1w": t1}, mask)
 
 
+def central_crop(vols: dict[str, np.ndarray], affine: np.ndarray,
+                 crop: tuple[int, int, int]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The central ``crop`` (voxels; the whole axis where it is shorter) of volumes that share
+    one grid, and the crop's voxel-to-world affine."""
+    lo = np.maximum((np.asarray(next(iter(vols.values())).shape) - np.asarray(crop)) // 2, 0)
+    cut = tuple(slice(a, a + c) for a, c in zip(lo, crop))
+    moved = np.array(affine, float)
+    moved[:3, 3] = moved[:3, :3] @ lo + moved[:3, 3]
+    return {k: np.ascontiguousarray(v[cut]) for k, v in vols.items()}, moved
+
+
 def real_anatomy_truth(crop: tuple[int, int, int]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """A central ``crop`` (voxels of 0.88 mm) of the real rorden T1w, reoriented to RAS, with
     T2w- and FLAIR-like contrasts from its own tissue classes.
@@ -85,10 +96,8 @@ def real_anatomy_truth(crop: tuple[int, int, int]) -> tuple[dict[str, np.ndarray
     if not path.exists():
         raise FileNotFoundError(f"{path} not found (the real-anatomy case needs ../shared/data)")
     img = nib.as_closest_canonical(nib.load(str(path)))
-    t1 = np.asarray(img.get_fdata(), np.float32)
-    lo = np.maximum((np.asarray(t1.shape) - np.asarray(crop)) // 2, 0)
-    cut = tuple(slice(a, a + c) for a, c in zip(lo, crop))
-    t1 = np.ascontiguousarray(t1[cut])
+    cropped, affine = central_crop({"T1w": np.asarray(img.get_fdata(), np.float32)}, img.affine, crop)
+    t1 = cropped["T1w"]
     mask = t1 > 0.05 * t1.max()
     spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
     seg = ants.atropos(a=ants.from_numpy(t1, spacing=spacing),
@@ -99,8 +108,6 @@ def real_anatomy_truth(crop: tuple[int, int, int]) -> tuple[dict[str, np.ndarray
     vols = {"T1w": scale * t1,
             "T2w": 800 * (1.0 * csf + 0.55 * gm + 0.3 * wm) * mask,
             "FLAIR": 700 * (0.1 * csf + 0.8 * gm + 0.55 * wm) * mask}
-    affine = img.affine.copy()
-    affine[:3, 3] = img.affine[:3, :3] @ lo + img.affine[:3, 3]
     return vols, affine, mask
 
 

@@ -26,7 +26,8 @@ template's 4 mm axial T1w / coronal T2w, aligned and moved 3 mm / 3 degrees two 
 -> 15 s on one thread, the largest head displacement left 0.17-0.19 mm -> 0.17-0.23 mm."""
 FIXED_VOXELS_RATIO = 2.0
 """A reference with this many times the moving stack's voxels is registered onto the stack
-instead (and the transform inverted): ANTs samples its metric on the fixed image's voxels, so
+instead (the stack fixed: ANTs' transform then maps the stack onto the reference as it is, no
+inversion): ANTs samples its metric on the fixed image's voxels, so
 a 1 mm 3D reference made each 4 mm stack's registration twice as slow (52-57 s against 24-30
 s, the same accuracy to 0.14 mm over the field of view, docs/evaluation.md)."""
 
@@ -111,7 +112,8 @@ def register_rigid(moving: Stack, reference: Stack, seed: int = 0) -> tuple[np.n
     the life of a process, and its threaded metric sums vary run to run with several threads
     (0.01-0.05 mm on the demo, enough to move the output grid's edge by a voxel; measured).
     A reference with more than :data:`FIXED_VOXELS_RATIO` times the stack's voxels (a 1 mm 3D
-    scan) is the moving image and the stack the fixed one, the transform inverted.
+    scan) is the moving image and the stack the fixed one; ANTs' transform is then used as it
+    is instead of inverted.
 
     Parameters
     ----------
