@@ -72,7 +72,7 @@ def single_slice(stack: Stack, k: int) -> Stack:
     shift = np.eye(4)
     shift[axis, 3] = k
     return Stack(take_slices(stack.data, axis, [k]), stack.affine @ shift, stack.contrast,
-                 stack.path, stack.thickness, dict(stack.metadata))
+                 stack.path, stack.thickness, dict(stack.metadata), stack.slab_fwhm_mm)
 
 
 def interpolate_heldout(stack: Stack, slices: Sequence[int]) -> np.ndarray:

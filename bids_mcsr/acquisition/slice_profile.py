@@ -36,8 +36,11 @@ def slab_fwhm(stack: Stack) -> float:
     robustness benchmark, a header twice the truth put the output 6 dB below cubic
     interpolation, thin slices declared 4 mm 1-2 dB below), too narrow a slab only leaves some
     blur (a Gaussian slab modelled at 0.68 of its FWHM still gains 3 dB over cubic;
-    docs/evaluation.md).
+    docs/evaluation.md). A stack that carries the FWHM a fit settled on
+    (``Stack.slab_fwhm_mm``) is modelled with that.
     """
+    if stack.slab_fwhm_mm is not None:
+        return float(stack.slab_fwhm_mm)
     return SLAB_FWHM_OF_THICKNESS * min(stack.thickness, widest_slab_mm(stack))
 
 

@@ -37,6 +37,12 @@ class Stack:
     slice_thickness
         Through-plane slice thickness in mm when known (e.g. from the JSON sidecar);
         ``None`` means "equal to the slice spacing".
+    metadata
+        The sidecar's fields the run reports.
+    slab_fwhm_mm
+        The through-plane FWHM (mm) a fit settled on for this stack; None (as read): the
+        forward model derives it from the thickness
+        (:func:`bids_mcsr.acquisition.slice_profile.slab_fwhm`).
     """
 
     data: np.ndarray
@@ -45,6 +51,7 @@ class Stack:
     path: str | None = None
     slice_thickness: float | None = None
     metadata: dict = field(default_factory=dict)
+    slab_fwhm_mm: float | None = None
 
     @property
     def name(self) -> str:
@@ -81,11 +88,11 @@ class Stack:
     def with_affine(self, affine: np.ndarray) -> "Stack":
         """The same voxels placed by another affine (e.g. after rigid registration)."""
         return Stack(self.data, np.asarray(affine, float), self.contrast, self.path,
-                     self.slice_thickness, dict(self.metadata))
+                     self.slice_thickness, dict(self.metadata), self.slab_fwhm_mm)
 
     def with_data(self, data: np.ndarray) -> "Stack":
         return Stack(np.asarray(data, np.float32), self.affine, self.contrast, self.path,
-                     self.slice_thickness, dict(self.metadata))
+                     self.slice_thickness, dict(self.metadata), self.slab_fwhm_mm)
 
     def to_nifti(self) -> nib.Nifti1Image:
         img = nib.Nifti1Image(self.data.astype(np.float32), self.affine)

@@ -55,10 +55,15 @@ class FittedAcquisition:
     shift_mm: float
 
     def apply(self, stack: Stack) -> Stack:
-        """``stack`` as the fit sees it: corrected affine and fitted slice thickness."""
+        """``stack`` as back-projection and scoring see it: the corrected affine, and the slab
+        FWHM the fit modelled, but never wider than the header's
+        (:func:`~bids_mcsr.acquisition.slice_profile.slab_fwhm`): a learned width is the
+        held-out slices' preference and runs wide (to the slice spacing on thin slices with
+        gaps), and a slab modelled too wide makes back-projection sharpen what was never
+        blurred."""
         moved = stack.with_affine(self.correction @ stack.affine)
         if self.fwhm_mm is not None:
-            moved.slice_thickness = self.fwhm_mm
+            moved.slab_fwhm_mm = min(self.fwhm_mm, slab_fwhm(stack))
         return moved
 
     @property

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from bids_mcsr.acquisition.holdout import single_slice
 from bids_mcsr.acquisition.slice_profile import SLAB_FWHM_OF_THICKNESS, SLAB_MAX_OF_SPACING, slab_fwhm
 from bids_mcsr.image.geometry import CoordinateFrame
 from bids_mcsr.image.io import Stack
@@ -95,3 +96,26 @@ def test_a_header_thicker_than_the_spacing_is_modelled_at_the_spacing():
                            False, False, 0)
     assert np.allclose(acq.fwhm_mm().numpy(), [4.0 * rect, 4.0 * rect], atol=1e-4)
     assert acq.fitted()[0].fwhm_mm == pytest.approx(4.0 * rect, abs=1e-4)
+
+
+def test_back_projection_and_scoring_see_the_slab_the_fit_modelled():
+    """The stacks as fitted carry the fitted FWHM itself, not a thickness that the forward
+    model would turn into a slab 0.68 times narrower again (as it did before: a 4 mm slab
+    modelled at 2.72 mm in training was back-projected at 1.85 mm); a learned width wider
+    than the header's slab is capped there."""
+    ax, cor = stacks()
+    fixed = StackAcquisition([ax, cor], CoordinateFrame.from_stacks([ax, cor]), [True, True],
+                             False, False, 0)
+    learned = StackAcquisition([ax, cor], CoordinateFrame.from_stacks([ax, cor]), [True, True],
+                               True, False, 0)
+    with torch.no_grad():
+        learned.log_width[:] = torch.log(torch.tensor([1.5, 3.5]))
+    expected = {id(fixed): [3.0 * SLAB_FWHM_OF_THICKNESS, 4.0 * SLAB_FWHM_OF_THICKNESS],
+                id(learned): [1.5, 4.0 * SLAB_FWHM_OF_THICKNESS]}  # 3.5 mm capped at the header's
+    for acq in (fixed, learned):
+        for stack, fitted, fwhm in zip((ax, cor), acq.fitted(), expected[id(acq)]):
+            placed = fitted.apply(stack)
+            assert slab_fwhm(placed) == pytest.approx(fwhm, abs=1e-5)
+            assert slab_fwhm(single_slice(placed, 3)) == pytest.approx(fwhm, abs=1e-5)
+            assert placed.slice_thickness == stack.slice_thickness  # the header stays the header
+    assert [f.fwhm_mm for f in learned.fitted()] == pytest.approx([1.5, 3.5], abs=1e-5)  # reported
