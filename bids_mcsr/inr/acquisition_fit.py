@@ -56,14 +56,13 @@ class FittedAcquisition:
 
     def apply(self, stack: Stack) -> Stack:
         """``stack`` as back-projection and scoring see it: the corrected affine, and the slab
-        FWHM the fit modelled, but never wider than the header's
-        (:func:`~bids_mcsr.acquisition.slice_profile.slab_fwhm`): a learned width is the
-        held-out slices' preference and runs wide (to the slice spacing on thin slices with
-        gaps), and a slab modelled too wide makes back-projection sharpen what was never
-        blurred."""
+        FWHM the fit modelled, but never wider than the one it started from, the header's
+        (:func:`initial_fwhm`): a learned width is the held-out slices' preference and runs
+        wide (to the slice spacing on thin slices with gaps), and a slab modelled too wide
+        makes back-projection sharpen what was never blurred."""
         moved = stack.with_affine(self.correction @ stack.affine)
         if self.fwhm_mm is not None:
-            moved.slab_fwhm_mm = min(self.fwhm_mm, slab_fwhm(stack))
+            moved.slab_fwhm_mm = min(self.fwhm_mm, initial_fwhm(stack))
         return moved
 
     @property
@@ -77,6 +76,12 @@ def profile_bounds(stack: Stack) -> tuple[float, float]:
     sizes = stack.voxel_sizes
     inplane = float(np.delete(sizes, stack.through_plane_axis).min())
     return FWHM_MIN_OF_INPLANE * inplane, widest_slab_mm(stack)
+
+
+def initial_fwhm(stack: Stack) -> float:
+    """The slab FWHM (mm) a stack's fit starts from: the header's
+    (:func:`~bids_mcsr.acquisition.slice_profile.slab_fwhm`) within :func:`profile_bounds`."""
+    return float(np.clip(slab_fwhm(stack), *profile_bounds(stack)))
 
 
 def _skew(v: torch.Tensor) -> torch.Tensor:
@@ -108,7 +113,7 @@ class StackAcquisition(nn.Module):
                  learn_profile: bool, refine_pose: bool, reference: int) -> None:
         super().__init__()
         bounds = np.array([profile_bounds(s) for s in stacks], np.float32)
-        init = np.array([np.clip(slab_fwhm(s), *b) for s, b in zip(stacks, bounds)], np.float32)
+        init = np.array([initial_fwhm(s) for s in stacks], np.float32)
         self.register_buffer("lo", torch.from_numpy(bounds[:, 0]))
         self.register_buffer("hi", torch.from_numpy(bounds[:, 1]))
         self.register_buffer("profiled", torch.tensor(list(profiled), dtype=torch.float32))
