@@ -22,6 +22,10 @@ ARG BASE_IMAGE=python:3.11.7-slim-bookworm
 # ---- build stage: everything goes into the virtual environment /opt/venv ----------------------
 FROM ${BASE_IMAGE} AS build
 
+# scripts/build_image.sh tags this stage bids-mcsr-build:<version> (the layer cache of the next
+# build) and removes the images of this stage and of the app that a new build superseded.
+LABEL org.opencontainers.image.title="bids-mcsr-build"
+
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 # File name of a torch wheel in build/docker-local/ of the build context; empty: the index.

@@ -14,6 +14,9 @@ classes.
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +73,18 @@ def central_crop(vols: dict[str, np.ndarray], affine: np.ndarray,
     return {k: np.ascontiguousarray(v[cut]) for k, v in vols.items()}, moved
 
 
+@contextmanager
+def temporary_tempdir() -> Iterator[None]:
+    """Point :mod:`tempfile` at a fresh directory, removed with whatever was left in it."""
+    before = tempfile.tempdir
+    with tempfile.TemporaryDirectory(prefix="bids_mcsr_bench_") as tmp:
+        tempfile.tempdir = tmp
+        try:
+            yield
+        finally:
+            tempfile.tempdir = before
+
+
 def real_anatomy_truth(crop: tuple[int, int, int]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """A central ``crop`` (voxels of 0.88 mm) of the real rorden T1w, reoriented to RAS, with
     T2w- and FLAIR-like contrasts from its own tissue classes.
@@ -100,10 +115,11 @@ def real_anatomy_truth(crop: tuple[int, int, int]) -> tuple[dict[str, np.ndarray
     t1 = cropped["T1w"]
     mask = t1 > 0.05 * t1.max()
     spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
-    seg = ants.atropos(a=ants.from_numpy(t1, spacing=spacing),
-                       x=ants.from_numpy(mask.astype(np.float32), spacing=spacing),
-                       i="Otsu[3]", m="[0,1x1x1]", c="[5,0]")
-    csf, gm, wm = (p.numpy().astype(np.float32) for p in seg["probabilityimages"])  # by mean T1
+    with temporary_tempdir():  # Atropos leaves its probability images in the temp directory
+        seg = ants.atropos(a=ants.from_numpy(t1, spacing=spacing),
+                           x=ants.from_numpy(mask.astype(np.float32), spacing=spacing),
+                           i="Otsu[3]", m="[0,1x1x1]", c="[5,0]")
+        csf, gm, wm = (p.numpy().astype(np.float32) for p in seg["probabilityimages"])  # by mean T1
     scale = 1000.0 / float(np.percentile(t1[mask], 99.5))
     vols = {"T1w": scale * t1,
             "T2w": 800 * (1.0 * csf + 0.55 * gm + 0.3 * wm) * mask,

@@ -19,10 +19,13 @@
 #            would; e.g. a CUDA index (https://download.pytorch.org/whl/cu126), or
 #            https://pypi.org/simple whose Linux torch wheels are CUDA builds.
 # Exit status: 0 built; 3 this machine lacks what the build needs (no Docker daemon, no base
-#   image and no way to make one, no torch wheel or index); other: the build failed.
+#   image and no way to make one, no torch wheel or index, too little disk); other: the build
+#   failed. Each build removes the images it supersedes (the previous <TAG> and its build
+#   stage, kept tagged bids-mcsr-build:<version> as the layer cache of the next build).
 # Environment: TAG (default bids-mcsr:<version>), BASE_IMAGE (skip the base image choice),
 #   TORCH_WHEEL, TORCH_INDEX_URL (skip the torch choice), DEBIAN_MIRROR (for debootstrap;
-#   default: this machine's apt source), DOCKER (default docker).
+#   default: this machine's apt source), DOCKER (default docker), NEED_GB (default 6: the free
+#   space in Docker's root directory below which it stops before building, exit status 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +45,7 @@ arg_default() { sed -nE "s/^ARG $1=(.*)$/\1/p" Dockerfile | head -n1; }
 OFFICIAL_BASE=$(arg_default BASE_IMAGE)
 TORCH_VERSION=$(arg_default TORCH_VERSION)
 LOCAL_BASE=bids-mcsr-base:bookworm
+NEED_GB=${NEED_GB:-6}  # free disk a build needs in Docker's root directory
 
 # ---------------------------------------------------------------- base image
 have_image() { "$DOCKER" image inspect "$1" >/dev/null 2>&1; }
@@ -160,17 +164,45 @@ if [[ -n "$CA_BUNDLE" ]]; then
     build_args+=(--build-arg "PIP_CERT=/tmp/build/ca-certificates.crt")
 fi
 
+# ---------------------------------------------------------------- disk space
+# Images a new build supersedes: the previous $TAG and build stage ($CACHE_TAG, the layer cache
+# this build starts from), removed once the build is done; untagged images of either (left by
+# builds before this script tagged the build stage) are removed now.
+CACHE_TAG=bids-mcsr-build:$VERSION
+image_id() { "$DOCKER" image inspect -f '{{.Id}}' "$1" 2>/dev/null || true; }
+old_ids=("$(image_id "$TAG")" "$(image_id "$CACHE_TAG")")
+for title in bids-mcsr bids-mcsr-build; do
+    "$DOCKER" image prune -f --filter dangling=true \
+        --filter "label=org.opencontainers.image.title=$title" >/dev/null || true
+done
+docker_root=$("$DOCKER" info -f '{{.DockerRootDir}}' 2>/dev/null || echo /var/lib/docker)
+free_gb=$(df -Pk "$docker_root" 2>/dev/null | awk 'NR == 2 { printf "%d", $4 / 1048576 }')
+if [[ -n "$free_gb" && "$free_gb" -lt $NEED_GB ]]; then
+    die_env "$docker_root has ${free_gb} GB free, a build needs about $NEED_GB GB (build stage 2.1 GB, image 1.8 GB, unpacking); free disk space (docker image prune, docker builder prune)"
+fi
+
 # ---------------------------------------------------------------- build
 say "building $TAG"
 start=$(date +%s)
 # The legacy builder: it needs neither the buildx plugin nor Docker Hub (BuildKit fetches the
 # dockerfile frontend named on the Dockerfile's syntax line). Host network: the build's pip
 # reaches the index even when the daemon runs without a bridge (dockerd --bridge=none).
-DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-0} "$DOCKER" build --network host \
-    --build-arg "BASE_IMAGE=$BASE_IMAGE" "${build_args[@]}" \
-    --build-arg "IMAGE_TAG=$TAG" -t "$TAG" "$@" .
+# The build stage first, tagged, so that it stays as the next build's cache (the second
+# command finds every build-stage layer cached).
+for target in build final; do
+    target_args=(-t "$TAG")
+    if [[ $target == build ]]; then target_args=(--target build -t "$CACHE_TAG"); fi
+    DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-0} "$DOCKER" build --network host \
+        --build-arg "BASE_IMAGE=$BASE_IMAGE" "${build_args[@]}" \
+        --build-arg "IMAGE_TAG=$TAG" "${target_args[@]}" "$@" .
+done
 seconds=$(( $(date +%s) - start ))
 rm -rf "$LOCAL_DIR"
+new_ids=("$(image_id "$TAG")" "$(image_id "$CACHE_TAG")")
+for id in "${old_ids[@]}"; do
+    [[ -n "$id" && " ${new_ids[*]} " != *" $id "* ]] || continue
+    if "$DOCKER" rmi "$id" >/dev/null 2>&1; then say "removed the superseded image ${id#sha256:}"; fi
+done
 bytes=$("$DOCKER" image inspect -f '{{.Size}}' "$TAG")
 size=$(awk -v b="$bytes" 'BEGIN { printf "%.2f GB", b / 1e9 }')
 echo "built $TAG in ${seconds}s on $BASE_IMAGE; image size $size ($bytes bytes)"

@@ -137,7 +137,8 @@ def register_rigid(moving: Stack, reference: Stack, seed: int = 0) -> tuple[np.n
         inputs, output = Path(tmp) / "stacks.npz", Path(tmp) / "fixed_to_moving.npy"
         np.savez(inputs, moving=free.data, moving_affine=free.affine,
                  reference=fixed.data, reference_affine=fixed.affine)
-        env = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="1")
+        # TMPDIR: the transform files ANTs writes go into this directory and away with it
+        env = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="1", TMPDIR=tmp)
         done = subprocess.run([sys.executable, "-m", __name__, str(inputs), str(ants_seed(seed)),
                                str(output)], env=env, capture_output=True, text=True)
         if done.returncode:

@@ -1,5 +1,7 @@
 """Real ANTsPy N4 and rigid registration on a downsampled ICBM 2009a template."""
 
+import tempfile
+
 import ants
 import numpy as np
 import pytest
@@ -42,10 +44,13 @@ def test_ants_image_has_the_stack_geometry(template):
     assert np.allclose(lps * [-1, -1, 1], ras)
 
 
-def test_rigid_registration_recovers_a_known_motion(template):
+def test_rigid_registration_recovers_a_known_motion(template, tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # where ANTs would write its files
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     motion = _motion([4, -3, 5], [3, -2, 4])
     moving = Stack(template.data.copy(), motion @ template.affine, "T2w")
     world, aligned = register_rigid(moving, template)
+    assert not list(tmp_path.iterdir())  # nothing left behind on a cluster's /tmp
     residual = world @ motion
     assert np.degrees(Rotation.from_matrix(residual[:3, :3]).magnitude()) < 1
     corners = np.array([[0, 0, 0], template.data.shape]) * 2.0 - [[98, 134, 72]] * 2
