@@ -1,7 +1,7 @@
 """Pathology and clinical-protocol benchmark: are lesions kept, and never painted into a
 contrast where they are invisible?
 
-The truth is the robustness benchmark's template case (``bench_robustness.template_case``:
+The truth is the benchmarks' template case (``cases.template_case``:
 a central 64 x 80 x 64 mm crop of the 1 mm ICBM 2009a template with its T1w and the T2w- and
 FLAIR-like contrasts of ``bids_mcsr.evaluation.phantom``) with the lesions of
 ``bids_mcsr.evaluation.lesions`` inserted and a contrast-enhanced T1w derived from the T1w
@@ -54,7 +54,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from acquisitions import AX, COR, SAG, Acquisition, StackSpec, make_stacks  # noqa: E402
-from bench_robustness import CASE_HELP, CASES  # noqa: E402
+from cases import CASE_HELP, CASES  # noqa: E402
 
 from bids_mcsr.evaluation.lesions import CE_T1W, LesionCase, build_lesion_case, lesion_scores, pooled_psnr  # noqa: E402  # noqa: E402
 from bids_mcsr.image.geometry import Grid  # noqa: E402

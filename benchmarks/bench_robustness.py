@@ -52,29 +52,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from acquisitions import THIN_MM, Acquisition, make_stacks, rows  # noqa: E402
-from cases import central_crop, real_anatomy_truth  # noqa: E402
+from cases import CASE_HELP, CASES  # noqa: E402
 
 from bids_mcsr.acquisition import slice_profile  # noqa: E402
 from bids_mcsr.acquisition.backprojection import enforce_consistency  # noqa: E402
-from bids_mcsr.evaluation.phantom import mni_truth  # noqa: E402
 from bids_mcsr.image.geometry import Grid  # noqa: E402
 from bids_mcsr.image.io import Stack  # noqa: E402
 from bids_mcsr.image.metrics import cubic_baseline, psnr, ssim  # noqa: E402
+from bids_mcsr.inr.acquisition_fit import FittedAcquisition  # noqa: E402
 from bids_mcsr.inr.config import SRConfig  # noqa: E402
 from bids_mcsr.inr.superres import super_resolve  # noqa: E402
 
 ROUNDS = 3
-
-
-def template_case(crop: tuple[int, int, int]):
-    vols, affine = central_crop(*mni_truth(1), crop)
-    mask = vols["T1w"] > 0.05 * vols["T1w"].max()
-    return vols, affine, mask
-
-
-CASES = {"template": template_case, "real": real_anatomy_truth}  # --case: the truth's builder
-CASE_HELP = ("template: the ICBM 2009a crop (1 mm); real: the rorden subject's T1w and contrasts "
-             "from its tissue classes (0.88 mm, needs ../shared/data)")
 
 
 def scores(volumes: dict, truth: dict, mask: np.ndarray, contrasts: list[str]) -> dict:
@@ -83,14 +72,11 @@ def scores(volumes: dict, truth: dict, mask: np.ndarray, contrasts: list[str]) -
 
 
 def fitted_stacks(stacks: list[Stack], result) -> list[Stack]:
-    """The stacks as the fit placed and profiled them."""
-    out = []
-    for s, a in zip(stacks, result.acquisition):
-        moved = s.with_affine(np.asarray(a["pose_correction"]) @ s.affine)
-        if a["fitted_fwhm_mm"] is not None:
-            moved.slice_thickness = a["fitted_fwhm_mm"]
-        out.append(moved)
-    return out
+    """The stacks as the fit placed and profiled them, by the app's own rule
+    (:meth:`~bids_mcsr.inr.acquisition_fit.FittedAcquisition.apply`)."""
+    return [FittedAcquisition(a["fitted_fwhm_mm"], np.asarray(a["pose_correction"]),
+                              a["pose_shift_mm"]).apply(s)
+            for s, a in zip(stacks, result.acquisition)]
 
 
 def pose_error(correction: np.ndarray, misplaced_by: np.ndarray, stack: Stack) -> tuple[float, float]:

@@ -32,6 +32,11 @@ from bids_mcsr.image.io import Stack, load_stack
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def head_mask(t1: np.ndarray) -> np.ndarray:
+    """The voxels the benchmarks score: the T1w truth above 5 % of its maximum."""
+    return t1 > 0.05 * t1.max()
+
+
 @dataclass
 class Case:
     name: str
@@ -45,7 +50,7 @@ def mni_case(resolution: int = 1, thickness: float = 4.0) -> Case:
     vols, affine = mni_truth(resolution)
     t1 = Stack(*simulate_stack(vols["T1w"], affine, 2, thickness), "T1w", "sim_acq-ax_T1w.nii.gz")
     t2 = Stack(*simulate_stack(vols["T2w"], affine, 1, thickness), "T2w", "sim_acq-cor_T2w.nii.gz")
-    mask = vols["T1w"] > 0.05 * vols["T1w"].max()
+    mask = head_mask(vols["T1w"])
     return Case("mni", [t1, t2], Grid(vols["T1w"].shape, affine), vols, mask)
 
 
@@ -113,7 +118,7 @@ def real_anatomy_truth(crop: tuple[int, int, int]) -> tuple[dict[str, np.ndarray
     img = nib.as_closest_canonical(nib.load(str(path)))
     cropped, affine = central_crop({"T1w": np.asarray(img.get_fdata(), np.float32)}, img.affine, crop)
     t1 = cropped["T1w"]
-    mask = t1 > 0.05 * t1.max()
+    mask = head_mask(t1)
     spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
     with temporary_tempdir():  # Atropos leaves its probability images in the temp directory
         seg = ants.atropos(a=ants.from_numpy(t1, spacing=spacing),
@@ -125,6 +130,18 @@ def real_anatomy_truth(crop: tuple[int, int, int]) -> tuple[dict[str, np.ndarray
             "T2w": 800 * (1.0 * csf + 0.55 * gm + 0.3 * wm) * mask,
             "FLAIR": 700 * (0.1 * csf + 0.8 * gm + 0.55 * wm) * mask}
     return vols, affine, mask
+
+
+def template_case(crop: tuple[int, int, int]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """The template's truth (ICBM 2009a, 1 mm), its central ``crop``: volumes, affine and
+    :func:`head_mask`."""
+    vols, affine = central_crop(*mni_truth(1), crop)
+    return vols, affine, head_mask(vols["T1w"])
+
+
+CASES = {"template": template_case, "real": real_anatomy_truth}  # --case: the truth's builder
+CASE_HELP = ("template: the ICBM 2009a crop (1 mm); real: the rorden subject's T1w and contrasts "
+             "from its tissue classes (0.88 mm, needs ../shared/data)")
 
 
 def load_case(name: str, resolution: int = 1) -> Case:
