@@ -53,6 +53,7 @@ class RunConfig:
     consistency_iterations: int
     profile_fit: str | None
     pose_fit: str | None
+    guided_upsampling: str
     holdout_fraction: float
     epochs: int | None
     seed: int
@@ -111,6 +112,7 @@ class RunConfig:
                 "consistency_iterations": self.consistency_iterations,
                 "learn_profile": PROFILE_FIT[self.profile_fit],
                 "refine_registration": POSE_FIT[self.pose_fit],
+                "guided_upsampling": self.guided_upsampling == "on",
                 "holdout_fraction": self.holdout_fraction}
 
     def dump(self, path: Path) -> Path:

@@ -126,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="refine each stack's rigid pose (on top of registration) during the fit: "
                     "auto (the fast model's default) when a stack looks misaligned by 1 mm or more "
                     f"(default: the model's, {_by_model('refine_registration')})")
+    sr.add_argument("--guided-upsampling", choices=["on", "off"], default="on",
+                    help="before back-projection, make each thick-sliced contrast a local linear "
+                    "map of every contrast's network output, fitted on its own slices, so that "
+                    "what only its slices show is kept between them (docs/method.md; default on)")
     sr.add_argument("--holdout-fraction", type=_holdout_fraction, metavar="F",
                     help="share of each thick-slice stack's slices withheld to validate the "
                     "fit (at least 2 per stack; 0: none; default: the model's, "

@@ -21,8 +21,10 @@ class SRConfig:
     misaligned; the model's choice when None).
     ``holdout_fraction`` of each thick stack's slices are withheld from training to score the
     fit against cubic interpolation.
-    ``keep_network_output`` also returns each contrast's volume before back-projection
-    (for benchmarks).
+    ``guided_upsampling``: each thick-sliced contrast becomes a local linear map of every
+    contrast's network volume, fitted on its own slices
+    (:mod:`bids_mcsr.acquisition.guided`), before back-projection.
+    ``keep_network_output`` also returns each contrast's volume before both (for benchmarks).
     """
 
     model: str = DEFAULT_MODEL
@@ -47,6 +49,7 @@ class SRConfig:
     learn_profile: bool | str = "auto"
     refine_registration: bool | str | None = None
     holdout_fraction: float | None = None
+    guided_upsampling: bool = True
     keep_network_output: bool = False
 
     def resolved(self) -> SRConfig:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from bids_mcsr.acquisition.backprojection import enforce_consistency
+from bids_mcsr.acquisition.guided import Guides
 from bids_mcsr.acquisition.holdout import choose_heldout, validate
 from bids_mcsr.acquisition.slice_profile import (
     PROFILES,
@@ -219,16 +220,23 @@ def _to_volumes(pred: np.ndarray, stacks: Sequence[Stack], problem: _Problem, no
     fitted = problem.acquisition.fitted()
     as_fitted = [f.apply(s) for f, s in zip(fitted, stacks)]
     volumes, validation, network_volumes, scoring_s = {}, {}, {}, 0.0
-    for i, c in enumerate(problem.contrasts):
-        own = [k for k, s in enumerate(stacks) if s.contrast == c]
+    owned = {c: [k for k, s in enumerate(stacks) if s.contrast == c] for c in problem.contrasts}
+    networks = {c: problem.scalers[owned[c][0]].inverse(pred[i])
+                for i, c in enumerate(problem.contrasts)}
+    guides = (Guides(networks, problem.grid, config.slice_profile, config.profile_samples,
+                     workers=torch.get_num_threads()) if config.guided_upsampling else None)
+    for c in problem.contrasts:
+        own = owned[c]
         first = problem.scalers[own[0]]
         span = first.high - first.low
         scaled = [in_scale_of(as_fitted[k], problem.scalers[k], first) for k in own]
         sigmas = [noise[k] * span / (problem.scalers[k].high - problem.scalers[k].low) for k in own]
         own_masks = [problem.masks[k] for k in own]
-        network = first.inverse(pred[i])
+        network = final = networks[c]
         if config.keep_network_output:
             network_volumes[c] = network
+        if guides is not None:  # the held-out slices score maps fitted without them
+            network, final = guides.upsample(c, scaled, own_masks, [problem.heldout[k] for k in own])
         t0 = time.perf_counter()
         errors, curve = validate(network, problem.grid, scaled, [problem.heldout[k] for k in own],
                                  own_masks, config.slice_profile, config.consistency_iterations,
@@ -236,7 +244,7 @@ def _to_volumes(pred: np.ndarray, stacks: Sequence[Stack], problem: _Problem, no
         scoring_s += time.perf_counter() - t0
         validation[c] = heldout_summary(errors, span, config.consistency_iterations, curve)
         validation[c]["stacks"] = [heldout_summary([e], span) for e in errors]  # in stack order
-        volumes[c] = enforce_consistency(network, problem.grid, scaled, config.slice_profile,
+        volumes[c] = enforce_consistency(final, problem.grid, scaled, config.slice_profile,
                                          config.consistency_iterations, config.profile_samples,
                                          noise=sigmas, workers=torch.get_num_threads())
         log.info("%s: held-out slices %s", c, describe_gain(validation[c]))
@@ -256,6 +264,7 @@ def _settings(config: SRConfig, problem: _Problem, tcfg: TrainConfig, stacks: Se
             "poses_refined": bool(problem.acquisition.rotation.requires_grad),
             "profiles_learned": bool(problem.acquisition.log_width.requires_grad),
             "holdout_fraction": config.holdout_fraction, "reference_stack": stacks[reference].name,
+            "guided_upsampling": config.guided_upsampling,
             "mi_stopping": {"enabled": config.mi_stopping, "window": tcfg.mi_window,
                             "tolerance_nats": tcfg.mi_tolerance, "min_epochs": tcfg.min_epochs},
             "output_spacing_mm": float(problem.grid.spacing[0]),

@@ -10,6 +10,8 @@ from bids_mcsr.acquisition.backprojection import DEFAULT_CONSISTENCY_ITERATIONS
 _REFERENCES = {
     "ants": "Avants BB, Tustison NJ, Song G, et al. A reproducible evaluation of ANTs "
             "similarity metric performance in brain image registration. NeuroImage 54(3), 2011.",
+    "guided": "He K, Sun J, Tang X. Guided image filtering. IEEE Transactions on Pattern "
+              "Analysis and Machine Intelligence 35(6), 2013.",
     "ibp": "Irani M, Peleg S. Improving resolution by image registration. CVGIP: Graphical "
            "Models and Image Processing 53(3), 1991.",
     "n4": "Tustison NJ, Avants BB, Cook PA, et al. N4ITK: improved N3 bias correction. "
@@ -39,7 +41,8 @@ def methods_text(options: dict) -> str:
     options : dict
         ``bias_correction``, ``registration``, ``reference``, ``model``, ``slice_profile``,
         ``epochs`` (None: the model's default), ``output_resolution`` (mm or None),
-        ``output_grid``, ``consistency_iterations`` (absent: the default).
+        ``output_grid``, ``consistency_iterations`` (absent: the default),
+        ``guided_upsampling`` (``"on"``/``"off"``; absent: on).
 
     Returns
     -------
@@ -69,8 +72,13 @@ def methods_text(options: dict) -> str:
     epochs = options.get("epochs") or "the model's default number of"
     rounds = options.get("consistency_iterations", DEFAULT_CONSISTENCY_ITERATIONS)
     consistency = ""
+    if options.get("guided_upsampling", "on") == "on":
+        consistency = (" Each contrast acquired only in thick slices was then replaced by a local "
+                       "linear map of all contrasts' predictions, fitted on its own slices and "
+                       "interpolated between them (guided filter [guided]).")
+        cited.append("guided")
     if rounds:
-        consistency = (f" Each contrast was then made to reproduce its acquired stacks by {rounds} "
+        consistency += (f" Each contrast was then made to reproduce its acquired stacks by {rounds} "
                        f"round{'s' if rounds > 1 else ''} of iterative back-projection [ibp] "
                        "with the same slice-profile forward model.")
         cited.append("ibp")

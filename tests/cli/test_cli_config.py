@@ -73,3 +73,14 @@ def test_slab_widths_are_learned_where_headers_declare_gaps_unless_told_otherwis
     assert learns("--profile-fit", "on") is True and learns("--profile-fit", "off") is False
     with pytest.raises(SystemExit):
         parse_args([str(config.bids_dir), str(tmp_path / "out"), "participant", "--profile-fit", "yes"])
+
+
+def test_guided_upsampling_is_on_unless_turned_off(config, tmp_path):
+    from bids_mcsr.inr.config import SRConfig
+
+    def guided(*extra: str) -> bool:
+        opts = parse_args([str(config.bids_dir), str(tmp_path / "out"), "participant", *extra])
+        return SRConfig(**RunConfig.from_namespace(opts).sr_config(1, None)).guided_upsampling
+
+    assert guided() is True and guided("--guided-upsampling", "on") is True
+    assert guided("--guided-upsampling", "off") is False

@@ -24,3 +24,6 @@ def test_follows_the_options():
     assert "back-projection" not in methods_text({**BASE, "consistency_iterations": 0})
     assert "by 1 round of" in methods_text({**BASE, "consistency_iterations": 1})
     assert "the T2w stack" in methods_text({**BASE, "reference": "T2w"})
+    assert "guided filter [guided]" in text and "He K" in text
+    off = methods_text({**BASE, "guided_upsampling": "off"})
+    assert "[guided]" not in off and "He K" not in off
