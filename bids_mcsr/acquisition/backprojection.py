@@ -111,7 +111,9 @@ def residual_gain(residual: np.ndarray, axis: int, sigma: float | None) -> np.nd
     size = [WIENER_WINDOW] * 3
     size[axis] = 1
     power = ndimage.uniform_filter(np.square(residual, dtype=np.float32), size, mode="reflect")
-    return np.clip(1.0 - sigma ** 2 / np.maximum(power, np.finfo(np.float32).tiny), 0.0, 1.0)
+    # below the floor the gain is 0 either way; dividing by the floor there avoids an overflow
+    floor = max(sigma ** 2, float(np.finfo(np.float32).tiny))
+    return np.clip(1.0 - sigma ** 2 / np.maximum(power, floor), 0.0, 1.0)
 
 
 def enforce_consistency(volume: np.ndarray, grid: Grid, stacks: Sequence[Stack], profile: str,
