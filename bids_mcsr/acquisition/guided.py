@@ -31,7 +31,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, stats
 
 from bids_mcsr.acquisition.backprojection import fill_from_neighbours
 from bids_mcsr.acquisition.slice_profile import (
@@ -46,22 +46,23 @@ from bids_mcsr.image.io import Stack
 from bids_mcsr.image.metrics import resample_to_grid
 
 GUIDE_WINDOW = 7  # in-plane voxels a side of the windows the local maps are fitted in
-GUIDE_EPS = 0.01  # ridge term, guides and data in units of their robust spread over the stack
+GUIDE_EPS = 0.01  # ridge term, the guides in units of their robust spread over the grid
 
 
 def robust_spread(values: np.ndarray) -> float:
-    """1.4826 x the median absolute deviation (the standard deviation of a normal sample);
-    1 where that is 0."""
-    spread = 1.4826 * float(np.median(np.abs(values - np.median(values)))) if values.size else 0.0
+    """The median absolute deviation scaled to a normal sample's standard deviation; 1 where
+    that is 0."""
+    spread = float(stats.median_abs_deviation(values, axis=None, scale="normal")) if values.size else 0.0
     return spread if spread > 0 else 1.0
 
 
 def local_linear_maps(data: np.ndarray, guides: Sequence[np.ndarray], axis: int,
-                      skip: Sequence[int] = (), window: int = GUIDE_WINDOW,
+                      window: int = GUIDE_WINDOW,
                       eps: float = GUIDE_EPS) -> tuple[list[np.ndarray], np.ndarray]:
     """Per voxel of a stack, the coefficients of ``data ~ sum_k a_k guides_k + b`` fitted in
     in-plane windows of its slice (``axis`` is the slice normal), averaged over the same
-    windows; the slices in ``skip`` take the mean of their neighbours' maps.
+    windows. Each slice's maps depend on that slice alone, and they scale with ``data``
+    (the ridge acts on the guides only).
 
     Returns
     -------
@@ -87,11 +88,7 @@ def local_linear_maps(data: np.ndarray, guides: Sequence[np.ndarray], axis: int,
     cross = np.stack([box(g * data) - m * mean_y for g, m in zip(guides, means)], -1)
     slopes = np.linalg.solve(cov, cross[..., None])[..., 0]
     offset = mean_y - np.einsum("...k,k...->...", slopes, np.stack(means))
-    maps = [box(slopes[..., i]) for i in range(k)] + [box(offset)]
-    inner = [int(s) for s in skip if 0 < s < data.shape[axis] - 1]
-    if inner:
-        maps = [fill_from_neighbours(m, axis, inner) for m in maps]
-    return maps[:-1], maps[-1]
+    return [box(slopes[..., i]) for i in range(k)], box(offset)
 
 
 class Guides:
@@ -118,7 +115,7 @@ class Guides:
         self.coefficients = ({c: spline_coefficients(v) for c, v in self.volumes.items()}
                              if len(self.volumes) > 1 else {})
 
-    def upsample(self, contrast: str, stacks: Sequence[Stack], masks: Sequence[np.ndarray],
+    def upsample(self, contrast: str, stacks: Sequence[Stack],
                  heldout: Sequence[Sequence[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``contrast``'s volume upsampled by the local linear maps of its thick stacks.
 
@@ -126,49 +123,55 @@ class Guides:
         ----------
         contrast : str
             The contrast; ``stacks`` are its stacks, in its volume's intensity scale.
-        stacks, masks : sequence
-            The contrast's stacks and their foreground masks (where spreads are measured).
+        stacks : sequence of Stack
+            The contrast's stacks.
         heldout : sequence of sequence of int, optional
             Per stack, slices held out to score the fit.
 
         Returns
         -------
         scored, final : numpy.ndarray
-            The mean of the stacks' upsamplings with maps fitted without the held-out slices
-            (to score on them) and with every slice (the output); one array when nothing is
-            held out, and the network's own volume where only one contrast is given or the
-            contrast has a (near-)isotropic stack.
+            The mean of the stacks' upsamplings with the held-out slices' maps taken from
+            their neighbours (to score on them) and with every slice's own (the output); one
+            array when nothing is held out, and the network's own volume where only one
+            contrast is given or the contrast has a (near-)isotropic stack.
         """
         own = self.volumes[contrast]
         thick = [k for k, s in enumerate(stacks) if stack_profile(s, self.profile) != "none"]
         if len(self.volumes) < 2 or not thick or len(thick) < len(stacks):
             return own, own  # nothing to guide by, or a (near-)isotropic stack measures it all
-        skips = [sorted(int(s) for s in heldout[k]) if heldout is not None else [] for k in thick]
-        versions = [True, False] if any(skips) else [False]
-        out = {v: np.zeros(self.grid.shape, np.float64) for v in versions}
-        for k, skip in zip(thick, skips):
-            stack, mask = stacks[k], masks[k]
+        final = np.zeros(self.grid.shape, np.float64)
+        scored = np.zeros(self.grid.shape, np.float64)
+        held_any = False
+        for k in thick:
+            stack = stacks[k]
+            axis = stack.through_plane_axis
             seen = [(resimulate_stack(self.coefficients[c], self.grid, stack, self.profile,
                                       self.n_samples, outside="edge", prefiltered=True,
                                       workers=self.workers)
                      / self.scales[c]).astype(np.float32) for c in self.volumes]
-            for leave_out in versions:
-                left = skip if leave_out else []
-                fitted = mask.copy()
-                np.moveaxis(fitted, stack.through_plane_axis, 0)[left] = False
-                data_scale = robust_spread(stack.data[fitted])
-                slopes, offset = local_linear_maps((stack.data / data_scale).astype(np.float32),
-                                                   seen, stack.through_plane_axis, left)
-                maps = [offset, *slopes]
-                on_grid: list[np.ndarray | None] = [None] * len(maps)
+            slopes, offset = local_linear_maps(stack.data, seen, axis)
+            maps = [offset, *slopes]
+            inner = sorted(int(s) for s in (heldout[k] if heldout is not None else ())
+                           if 0 < s < stack.data.shape[axis] - 1)
+            upsampled = self._apply(stack, maps)
+            final += upsampled
+            if inner:  # each slice's maps are its own, so the others' stay as they are
+                held_any = True
+                upsampled = self._apply(stack, [fill_from_neighbours(m, axis, inner) for m in maps])
+            scored += upsampled
+        final_out = (final / len(thick)).astype(np.float32)
+        return ((scored / len(thick)).astype(np.float32) if held_any else final_out), final_out
 
-                def resample(i: int) -> None:
-                    on_grid[i] = resample_to_grid(stack.with_data(maps[i]), self.grid)
-                in_threads(resample, range(len(maps)), self.workers)
-                up = on_grid[0].astype(np.float64)
-                for a, c in zip(on_grid[1:], self.volumes):
-                    up += a * (self.volumes[c] / self.scales[c])
-                out[leave_out] += up * data_scale
-        final = (out[False] / len(thick)).astype(np.float32)
-        scored = (out[True] / len(thick)).astype(np.float32) if True in out else final
-        return scored, final
+    def _apply(self, stack: Stack, maps: Sequence[np.ndarray]) -> np.ndarray:
+        """The offset and slope maps (in ``stack``'s voxels, offset first) interpolated onto the
+        grid and applied to the guides there."""
+        on_grid: list[np.ndarray | None] = [None] * len(maps)
+
+        def resample(i: int) -> None:
+            on_grid[i] = resample_to_grid(stack.with_data(maps[i]), self.grid)
+        in_threads(resample, range(len(maps)), self.workers)
+        up = on_grid[0].astype(np.float64)
+        for a, c in zip(on_grid[1:], self.volumes):
+            up += a * (self.volumes[c] / self.scales[c])
+        return up

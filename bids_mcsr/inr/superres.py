@@ -232,13 +232,14 @@ def _to_volumes(pred: np.ndarray, stacks: Sequence[Stack], problem: _Problem, no
         scaled = [in_scale_of(as_fitted[k], problem.scalers[k], first) for k in own]
         sigmas = [noise[k] * span / (problem.scalers[k].high - problem.scalers[k].low) for k in own]
         own_masks = [problem.masks[k] for k in own]
-        network = final = networks[c]
+        held = [problem.heldout[k] for k in own]
+        scored = final = networks[c]
         if config.keep_network_output:
-            network_volumes[c] = network
+            network_volumes[c] = final
         if guides is not None:  # the held-out slices score maps fitted without them
-            network, final = guides.upsample(c, scaled, own_masks, [problem.heldout[k] for k in own])
+            scored, final = guides.upsample(c, scaled, held)
         t0 = time.perf_counter()
-        errors, curve = validate(network, problem.grid, scaled, [problem.heldout[k] for k in own],
+        errors, curve = validate(scored, problem.grid, scaled, held,
                                  own_masks, config.slice_profile, config.consistency_iterations,
                                  config.profile_samples, sigmas, torch.get_num_threads())
         scoring_s += time.perf_counter() - t0

@@ -79,8 +79,8 @@ def methods_text(options: dict) -> str:
         cited.append("guided")
     if rounds:
         consistency += (f" Each contrast was then made to reproduce its acquired stacks by {rounds} "
-                       f"round{'s' if rounds > 1 else ''} of iterative back-projection [ibp] "
-                       "with the same slice-profile forward model.")
+                        f"round{'s' if rounds > 1 else ''} of iterative back-projection [ibp] "
+                        "with the same slice-profile forward model.")
         cited.append("ibp")
     text = (
         f"# Methods\n\nSuper-resolved images were generated with {NAME} {get_version()}, "

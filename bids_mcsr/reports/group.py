@@ -15,6 +15,7 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from bids_mcsr.dataset.entities import unit_name
 from bids_mcsr.dataset.files import atomic_write
@@ -31,7 +32,6 @@ from bids_mcsr.qc.flags import (
 )
 from bids_mcsr.reports.html import page, paragraph, section, strip_plot_svg, table
 
-MAD_TO_SIGMA = 1.4826
 OUTLIER_SIGMAS = 3.0
 MIN_FOR_OUTLIERS = 4
 QUALITY = ("heldout_gain_db", "heldout_sr_psnr", "heldout_cubic_psnr", "heldout_voxels",
@@ -80,7 +80,7 @@ def robust_outliers(values: np.ndarray, sigmas: float = OUTLIER_SIGMAS, side: st
     if finite.sum() < MIN_FOR_OUTLIERS:
         return np.zeros(values.shape, bool)
     median = np.median(values[finite])
-    scale = MAD_TO_SIGMA * np.median(np.abs(values[finite] - median))
+    scale = float(stats.median_abs_deviation(values[finite], scale="normal"))
     scale = max(scale, 1e-6 * max(1.0, abs(median)))
     deviation = {"both": np.abs(values - median), "low": median - values,
                  "high": values - median}[side]

@@ -40,14 +40,13 @@ def lesion_case():
     lesion = np.sum((ijk - centre[:, None, None, None]) ** 2, axis=0) <= 5.0 ** 2  # 20 mm across
     truth = t2 + 0.5 * t2.max() * lesion
     stack = Stack(*simulate_stack(truth, affine, 2, SLAB_MM), "T2w", "sub-01_T2w.nii.gz")
-    mask = stack.data > 0.05 * stack.data.max()
     volumes = {"T1w": t1.astype(np.float32), "T2w": t2.astype(np.float32)}
-    return volumes, truth, lesion, Grid(truth.shape, affine), stack, mask
+    return volumes, truth, lesion, Grid(truth.shape, affine), stack
 
 
 def test_what_only_the_contrasts_own_slices_show_is_carried_between_them(lesion_case):
-    volumes, truth, lesion, grid, stack, mask = lesion_case
-    scored, guided = Guides(volumes, grid, "gaussian").upsample("T2w", [stack], [mask])
+    volumes, truth, lesion, grid, stack = lesion_case
+    scored, guided = Guides(volumes, grid, "gaussian").upsample("T2w", [stack])
     assert scored is guided  # nothing held out: one fit
     before = np.abs(volumes["T2w"] - truth)[lesion].mean()
     assert np.abs(guided - truth)[lesion].mean() < 0.5 * before
@@ -59,21 +58,21 @@ def test_what_only_the_contrasts_own_slices_show_is_carried_between_them(lesion_
 
 
 def test_one_contrast_alone_is_left_as_it_is(lesion_case):
-    volumes, _, _, grid, stack, mask = lesion_case
+    volumes, _, _, grid, stack = lesion_case
     alone = {"T2w": volumes["T2w"]}
-    scored, final = Guides(alone, grid, "gaussian").upsample("T2w", [stack], [mask], [[3]])
+    scored, final = Guides(alone, grid, "gaussian").upsample("T2w", [stack], [[3]])
     assert scored is alone["T2w"] and final is alone["T2w"]
 
 
 def test_held_out_slices_do_not_enter_the_scored_fit_but_the_final_one(lesion_case):
-    volumes, _, _, grid, stack, mask = lesion_case
+    volumes, _, _, grid, stack = lesion_case
     k = stack.data.shape[2] // 2
     changed = stack.data.copy()
     changed[..., k] *= 1.5
     guides = Guides(volumes, grid, "gaussian")
-    scored, final = guides.upsample("T2w", [stack], [mask], [[k]])
-    scored_changed, final_changed = guides.upsample("T2w", [stack.with_data(changed)], [mask], [[k]])
+    scored, final = guides.upsample("T2w", [stack], [[k]])
+    scored_changed, final_changed = guides.upsample("T2w", [stack.with_data(changed)], [[k]])
     tol = 1e-3 * float(final.max())
     assert np.allclose(scored, scored_changed, atol=tol)
     assert not np.allclose(final, final_changed, atol=tol)
-    assert np.allclose(final, guides.upsample("T2w", [stack], [mask])[1], atol=tol)
+    assert np.allclose(final, guides.upsample("T2w", [stack])[1], atol=tol)
