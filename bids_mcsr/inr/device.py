@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
+
+CUBLAS_DETERMINISTIC = ":4096:8"  # cuBLAS' reproducible workspace (CUDA's reproducibility notes)
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -21,3 +27,33 @@ def describe(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+@contextmanager
+def reproducible(device: torch.device) -> Iterator[None]:
+    """Deterministic kernels while a fit runs on a GPU, so that ``--seed`` repeats its output.
+
+    On CUDA the hash grid's backward (``index_add_``) and the per-contrast loss sums are
+    atomic adds whose order, hence rounding, changes from run to run: measured on an H100,
+    two fits with one seed differed. Inside this context torch picks its deterministic
+    kernels (``torch.use_deterministic_algorithms``, warning, not failing, where an
+    operation has none) and cuBLAS its reproducible workspace (``CUBLAS_WORKSPACE_CONFIG``,
+    left as it is when already set). The previous setting is restored on exit. CPU fits are
+    deterministic already and run unchanged.
+
+    Parameters
+    ----------
+    device : torch.device
+        The fit's device.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])

@@ -35,7 +35,7 @@ from bids_mcsr.image.metrics import resample_to_grid
 from bids_mcsr.image.noise import estimate_noise
 from bids_mcsr.inr.acquisition_fit import StackAcquisition
 from bids_mcsr.inr.config import SRConfig
-from bids_mcsr.inr.device import describe, select_device
+from bids_mcsr.inr.device import describe, reproducible, select_device
 from bids_mcsr.inr.inference import predict_grid
 from bids_mcsr.inr.memory import Estimate, plan_memory
 from bids_mcsr.inr.model import build_model
@@ -311,10 +311,11 @@ def super_resolve(stacks: Sequence[Stack], config: SRConfig = SRConfig(), grid: 
     grid = grid or make_output_grid(stacks, config.output_spacing, reference)
     problem = _problem(stacks, config, grid, reference)
     t_train = time.perf_counter()
-    model, hist, tcfg, plan = _train(problem, config, device, progress, on_epoch_end)
-    del problem.samples  # not needed past training: frees memory for inference and back-projection
-    t_infer = time.perf_counter()
-    pred = predict_grid(model, problem.frame, grid, device, plan.chunk)
+    with reproducible(device):
+        model, hist, tcfg, plan = _train(problem, config, device, progress, on_epoch_end)
+        del problem.samples  # not needed past training: frees memory for inference and back-projection
+        t_infer = time.perf_counter()
+        pred = predict_grid(model, problem.frame, grid, device, plan.chunk)
     t_consistency = time.perf_counter()
     noise = [estimate_noise(s) for s in stacks]
     volumes, validation, network_volumes, scoring_s = _to_volumes(pred, stacks, problem, noise, config)
