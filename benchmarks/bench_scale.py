@@ -26,11 +26,21 @@ memory of the row's process (``VmHWM`` of ``/proc/self/status``: on Linux
 peak, carried over the vfork and exec). N4 and rigid registration are not included
 (``bench_pipeline.py`` times them for two stacks): the simulated stacks are aligned.
 
+``--participant``: each row as a user runs it instead. Its stacks are written as a BIDS
+dataset (``sub-01``: the 3D T1w as ``sub-01_T1w`` with ``MRAcquisitionType`` 3D, the 2D
+stacks as ``sub-01_acq-<plane>_<contrast>`` with their ``SliceThickness``, the ce-T1w as
+``sub-01_acq-ax_ce-gadolinium_T1w``), and ``bids-mcsr <bids> <out> participant --nprocs
+<threads> --device cpu --skip-bids-validation --seed 0`` runs on it: N4, registration, the
+fit, the derivatives and the report. Recorded: its wall time, the subject's seconds from the
+run log, and the peak resident memory of its whole process tree (``bench_dataset``'s
+sampler, an upper bound).
+
 Usage::
 
     nice -n 10 python benchmarks/bench_scale.py --truth-mm 1 --threads 2 \\
         --json benchmarks/results/scale.json
     python benchmarks/bench_scale.py --truth-mm 2 --epochs 1 --threads 1   # a quick check that it runs
+    python benchmarks/bench_scale.py --participant --rows 3 --json benchmarks/results/scale_participant.json
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ import argparse
 import json
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -189,6 +200,55 @@ def run_child(index: int, folder: Path, a: argparse.Namespace) -> dict:
     return figures
 
 
+def bids_stem(spec: StackSpec) -> str:
+    """The stack's BIDS file name stem in ``sub-01/anat``."""
+    entities, suffix = spec.contrast.rsplit("_", 1) if "_" in spec.contrast else ("", spec.contrast)
+    parts = ["sub-01"] + ([f"acq-{AXIS_NAMES[spec.axis]}"] if spec.axis is not None else [])
+    return "_".join(parts + ([entities] if entities else []) + [suffix])
+
+
+def write_bids(row: Acquisition, folder: Path, dest: Path) -> Path:
+    """The row's stacks (from the stack folder of :func:`write_stacks`) as a one-subject BIDS
+    dataset at ``dest``."""
+    from bids_mcsr.dataset.files import write_json
+
+    anat = dest / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    write_json(dest / "dataset_description.json", {"Name": f"bids-mcsr scale benchmark: {row.name}",
+                                                   "BIDSVersion": "1.10.0", "DatasetType": "raw"})
+    (dest / "participants.tsv").write_text("participant_id\nsub-01\n")
+    for spec in row.stacks:
+        stem = anat / bids_stem(spec)
+        shutil.copy(folder / stack_file(spec), f"{stem}.nii.gz")
+        sidecar = ({"MRAcquisitionType": "3D"} if spec.axis is None else
+                   {"MRAcquisitionType": "2D", "SliceThickness": header_thickness(spec)})
+        write_json(Path(f"{stem}.json"), sidecar)
+    return dest
+
+
+def run_participant(index: int, folder: Path, a: argparse.Namespace) -> dict:
+    """Run ladder row ``index`` through the command line's participant level and measure it."""
+    from bench_dataset import CLI, parse_log, run_and_watch
+
+    row = ladder()[index]
+    with tempfile.TemporaryDirectory(prefix="bids_mcsr_scale_") as tmp:
+        bids, out = write_bids(row, folder, Path(tmp) / "bids"), Path(tmp) / "out"
+        command = [str(CLI), str(bids), str(out), "participant", "-w", str(Path(tmp) / "work"),
+                   "--nprocs", str(a.threads), "--device", "cpu", "--skip-bids-validation", "--seed", "0"]
+        if a.epochs is not None:
+            command += ["--epochs", str(a.epochs)]
+        rc, wall, peak = run_and_watch(command, Path(tmp) / "console.txt")
+        if rc != 0:
+            raise RuntimeError(f"{' '.join(command)} exited {rc}:\n"
+                               + (Path(tmp) / "console.txt").read_text()[-3000:])
+        logs = sorted((out / "logs").glob("bids-mcsr_*.log"))
+        units = [u for log in logs for u in parse_log(log.read_text())]
+        written = sorted(p.name for p in (out / "sub-01" / "anat").glob("*desc-sr*.nii.gz"))
+    return {"protocol": row.name, "stacks": [bids_stem(s) for s in row.stacks], "n_stacks": len(row.stacks),
+            "wall_s": wall, "subject_s": units[0].seconds if units else None,
+            "peak_tree_rss_gb": peak / GB, "outputs": written, "command": command[1:]}
+
+
 def markdown(rows: list[dict]) -> str:
     """The docs table of the rows' figures."""
     lines = ["| protocol | stacks | contrasts | samples | output grid | epochs | training s | total s "
@@ -209,6 +269,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the app's)")
     p.add_argument("--rows", default=None, help="comma-separated ladder rows (default: all)")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--participant", action="store_true",
+                   help="run each row through the command line's participant level (see above)")
     p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # the child: one row
     p.add_argument("--stack-dir", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--json-out", type=Path, default=None, help=argparse.SUPPRESS)
@@ -230,16 +292,24 @@ def main(argv=None) -> int:
         write_stacks([rows[i] for i in picked], a.truth_mm, Path(tmp))
         print(f"stacks simulated in {time.perf_counter() - t:.0f} s ({a.truth_mm} mm truth)", flush=True)
         for i in picked:
-            done.append(run_child(i, Path(tmp), a))
-            r = done[-1]
-            print(f"row {i}: {r['protocol']}: {r['total_s']:.1f} s, peak {r['peak_rss_gb']:.2f} GB "
-                  f"(planned {r['planned_gb']:.2f}), steps "
-                  + ", ".join(f"{k} {v:.1f}" for k, v in r["steps_s"].items()), flush=True)
+            if a.participant:
+                done.append(run_participant(i, Path(tmp), a))
+                r = done[-1]
+                print(f"row {i}: {r['protocol']}: participant level {r['wall_s']:.1f} s (subject "
+                      f"{r['subject_s']} s), peak tree RSS {r['peak_tree_rss_gb']:.2f} GB, "
+                      f"outputs {', '.join(r['outputs'])}", flush=True)
+            else:
+                done.append(run_child(i, Path(tmp), a))
+                r = done[-1]
+                print(f"row {i}: {r['protocol']}: {r['total_s']:.1f} s, peak {r['peak_rss_gb']:.2f} GB "
+                      f"(planned {r['planned_gb']:.2f}), steps "
+                      + ", ".join(f"{k} {v:.1f}" for k, v in r["steps_s"].items()), flush=True)
             if a.json:  # rewritten after every row: a cut run keeps its rows
                 a.json.parent.mkdir(parents=True, exist_ok=True)
-                a.json.write_text(json.dumps({"meta": {**meta, "device": r["device"]}, "rows": done},
-                                             indent=1))
-    print(markdown(done))
+                meta.update(device=r.get("device", "cpu"), participant=a.participant)
+                a.json.write_text(json.dumps({"meta": meta, "rows": done}, indent=1))
+    if not a.participant:
+        print(markdown(done))
     return 0
 
 

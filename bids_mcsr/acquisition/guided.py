@@ -13,8 +13,8 @@ decides that from the data instead:
    would have seen them;
 2. on each slice, in windows of :data:`GUIDE_WINDOW` in-plane voxels, fit the acquired
    intensities as a linear combination of the guides plus an offset (ridge term
-   :data:`GUIDE_EPS` on guides scaled to a robust unit spread), and average the coefficients
-   over the same windows;
+   :data:`GUIDE_EPS` on guides scaled to their robust spread inside the head), and average
+   the coefficients over the same windows;
 3. interpolate the coefficient maps onto the output grid (cubic B-spline: linear
    interpolation put the ce-T1w's lesions of the lesion benchmark 0.8 dB lower) and apply
    them to the network volumes there.
@@ -101,17 +101,22 @@ class Guides:
         Each contrast's network volume (each in its own intensity scale).
     grid : Grid
         Their grid, the output grid.
+    mask : numpy.ndarray
+        The fit's foreground on ``grid``: each guide's unit is its robust spread there (over
+        the whole grid, a whole head's background, most of the box, made the unit about
+        1e-5 of the head's and the ridge term nil).
     profile, n_samples : str, int
         The slice-profile model and its quadrature points.
     workers : int
         Threads that re-simulate stacks and interpolate maps (results do not depend on it).
     """
 
-    def __init__(self, volumes: Mapping[str, np.ndarray], grid: Grid, profile: str,
+    def __init__(self, volumes: Mapping[str, np.ndarray], grid: Grid, mask: np.ndarray, profile: str,
                  n_samples: int = PROFILE_SAMPLES, workers: int = 1) -> None:
         self.volumes, self.grid = dict(volumes), grid
         self.profile, self.n_samples, self.workers = profile, n_samples, workers
-        self.scales = {c: robust_spread(v[v != 0]) for c, v in self.volumes.items()}
+        inside = np.asarray(mask, bool)
+        self.scales = {c: robust_spread(v[inside]) for c, v in self.volumes.items()}
         self.coefficients = ({c: spline_coefficients(v) for c, v in self.volumes.items()}
                              if len(self.volumes) > 1 else {})
 

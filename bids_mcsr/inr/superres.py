@@ -223,7 +223,7 @@ def _to_volumes(pred: np.ndarray, stacks: Sequence[Stack], problem: _Problem, no
     owned = {c: [k for k, s in enumerate(stacks) if s.contrast == c] for c in problem.contrasts}
     networks = {c: problem.scalers[owned[c][0]].inverse(pred[i])
                 for i, c in enumerate(problem.contrasts)}
-    guides = (Guides(networks, problem.grid, config.slice_profile, config.profile_samples,
+    guides = (Guides(networks, problem.grid, problem.mask, config.slice_profile, config.profile_samples,
                      workers=torch.get_num_threads()) if config.guided_upsampling else None)
     for c in problem.contrasts:
         own = owned[c]

@@ -46,7 +46,7 @@ def lesion_case():
 
 def test_what_only_the_contrasts_own_slices_show_is_carried_between_them(lesion_case):
     volumes, truth, lesion, grid, stack = lesion_case
-    scored, guided = Guides(volumes, grid, "gaussian").upsample("T2w", [stack])
+    scored, guided = Guides(volumes, grid, head(volumes), "gaussian").upsample("T2w", [stack])
     assert scored is guided  # nothing held out: one fit
     before = np.abs(volumes["T2w"] - truth)[lesion].mean()
     assert np.abs(guided - truth)[lesion].mean() < 0.5 * before
@@ -57,10 +57,33 @@ def test_what_only_the_contrasts_own_slices_show_is_carried_between_them(lesion_
     assert np.abs(guided - truth)[far].mean() < 0.5 * np.abs(cubic - truth)[far].mean()
 
 
+def head(volumes):
+    return volumes["T1w"] > 0.05 * volumes["T1w"].max()
+
+
+def test_the_guides_unit_is_their_spread_in_the_head_not_the_background(lesion_case):
+    """A whole head's grid is mostly background, where a network predicts tiny non-zero
+    values: the guides' unit (hence the ridge term's strength) must not follow it."""
+    volumes, _, _, grid, _ = lesion_case
+    outside = ~head(volumes)
+    with_background = {c: np.where(outside, 1e-6 * np.random.default_rng(0).random(v.shape), v)
+                       .astype(np.float32) for c, v in volumes.items()}
+    with_background = {c: np.pad(v, 40, constant_values=1e-6) for c, v in with_background.items()}
+    clean = {c: np.pad(np.where(outside, 0, v), 40) for c, v in volumes.items()}
+    padded = Grid(clean["T1w"].shape, grid.affine)
+    mask = np.pad(head(volumes), 40)
+    noisy = Guides(with_background, padded, mask, "gaussian")
+    zeros = Guides(clean, padded, mask, "gaussian")
+    assert mask.mean() < 0.1  # a box that is mostly background
+    for c in volumes:
+        assert noisy.scales[c] == pytest.approx(zeros.scales[c], rel=1e-3)
+        assert noisy.scales[c] > 0.05 * float(np.percentile(volumes[c][head(volumes)], 99))
+
+
 def test_one_contrast_alone_is_left_as_it_is(lesion_case):
     volumes, _, _, grid, stack = lesion_case
     alone = {"T2w": volumes["T2w"]}
-    scored, final = Guides(alone, grid, "gaussian").upsample("T2w", [stack], [[3]])
+    scored, final = Guides(alone, grid, head(volumes), "gaussian").upsample("T2w", [stack], [[3]])
     assert scored is alone["T2w"] and final is alone["T2w"]
 
 
@@ -69,7 +92,7 @@ def test_held_out_slices_do_not_enter_the_scored_fit_but_the_final_one(lesion_ca
     k = stack.data.shape[2] // 2
     changed = stack.data.copy()
     changed[..., k] *= 1.5
-    guides = Guides(volumes, grid, "gaussian")
+    guides = Guides(volumes, grid, head(volumes), "gaussian")
     scored, final = guides.upsample("T2w", [stack], [[k]])
     scored_changed, final_changed = guides.upsample("T2w", [stack.with_data(changed)], [[k]])
     tol = 1e-3 * float(final.max())
