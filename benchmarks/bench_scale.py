@@ -140,7 +140,29 @@ def planned_gb(stacks: list, config) -> float:
     return plan_memory(estimate(stacks, config.output_spacing), spec, n_profile).peak_bytes / GB
 
 
-def run_one(row: Acquisition, folder: Path, threads: int, epochs: int | None) -> dict:
+def score(res, stacks: list, truth_mm: int) -> dict:
+    """PSNR (dB) inside the head against the truth, per contrast: the output, the network
+    before guided upsampling and back-projection, and cubic interpolation of its stacks."""
+    from cases import head_mask
+
+    from bids_mcsr.evaluation.phantom import mni_truth
+    from bids_mcsr.image.metrics import cubic_baseline, psnr
+
+    vols, _ = mni_truth(truth_mm, crop=False)
+    vols[CE_T1W] = vols["T1w"]
+    if vols["T1w"].shape != res.grid.shape:
+        return {}
+    head = head_mask(vols["T1w"])
+    out = {}
+    for c in res.contrasts:
+        own = [s for s in stacks if s.contrast == c]
+        out[c] = {"sr": psnr(res.volumes[c], vols[c], head),
+                  "net": psnr(res.network_volumes[c], vols[c], head),
+                  "cubic": psnr(cubic_baseline(own, res.grid), vols[c], head)}
+    return out
+
+
+def run_one(row: Acquisition, folder: Path, threads: int, epochs: int | None, truth_mm: int) -> dict:
     """Fit one protocol in this process and return its figures.
 
     Parameters
@@ -166,7 +188,7 @@ def run_one(row: Acquisition, folder: Path, threads: int, epochs: int | None) ->
 
     rss_before = peak_rss_gb()
     stacks = [load_stack(folder / stack_file(s), s.contrast, header_thickness(s)) for s in row.stacks]
-    config = SRConfig(threads=threads, seed=0, epochs=epochs)
+    config = SRConfig(threads=threads, seed=0, epochs=epochs, keep_network_output=True)
     planned = planned_gb(stacks, config)
     res = super_resolve(stacks, config)
     steps = {"setup": res.timings["setup_s"], "training": res.timings["training_s"],
@@ -175,7 +197,8 @@ def run_one(row: Acquisition, folder: Path, threads: int, epochs: int | None) ->
     with tempfile.TemporaryDirectory() as out:
         save_result(res, Path(out))
     steps["writing"] = time.perf_counter() - t
-    return {"protocol": row.name, "stacks": [stack_file(s) for s in row.stacks],
+    quality = score(res, stacks, truth_mm)
+    return {"quality": quality, "protocol": row.name, "stacks": [stack_file(s) for s in row.stacks],
             "stack_shapes": [list(s.data.shape) for s in stacks],
             "n_stacks": len(stacks), "n_contrasts": len(res.contrasts),
             "samples": int(sum(s.data.size for s in stacks)), "epochs_run": res.epochs_run,
@@ -190,7 +213,8 @@ def run_child(index: int, folder: Path, a: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "row.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--one", str(index),
-               "--stack-dir", str(folder), "--json-out", str(out), "--threads", str(a.threads)]
+               "--stack-dir", str(folder), "--json-out", str(out), "--threads", str(a.threads),
+               "--truth-mm", str(a.truth_mm)]
         if a.epochs is not None:
             cmd += ["--epochs", str(a.epochs)]
         t = time.perf_counter()
@@ -281,7 +305,7 @@ def main(argv=None) -> int:
     a = parse(argv)
     rows = ladder()
     if a.one is not None:
-        a.json_out.write_text(json.dumps(run_one(rows[a.one], a.stack_dir, a.threads, a.epochs)))
+        a.json_out.write_text(json.dumps(run_one(rows[a.one], a.stack_dir, a.threads, a.epochs, a.truth_mm)))
         return 0
     picked = [int(i) for i in a.rows.split(",")] if a.rows else list(range(len(rows)))
     meta = {"truth_mm": a.truth_mm, "threads": a.threads, "epochs": a.epochs,
@@ -303,7 +327,9 @@ def main(argv=None) -> int:
                 r = done[-1]
                 print(f"row {i}: {r['protocol']}: {r['total_s']:.1f} s, peak {r['peak_rss_gb']:.2f} GB "
                       f"(planned {r['planned_gb']:.2f}), steps "
-                      + ", ".join(f"{k} {v:.1f}" for k, v in r["steps_s"].items()), flush=True)
+                      + ", ".join(f"{k} {v:.1f}" for k, v in r["steps_s"].items()) + "; PSNR sr/net/cubic "
+                      + ", ".join(f"{c} {q['sr']:.2f}/{q['net']:.2f}/{q['cubic']:.2f}"
+                                  for c, q in r["quality"].items()), flush=True)
             if a.json:  # rewritten after every row: a cut run keeps its rows
                 a.json.parent.mkdir(parents=True, exist_ok=True)
                 meta.update(device=r.get("device", "cpu"), participant=a.participant)

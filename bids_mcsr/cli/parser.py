@@ -134,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="share of each thick-slice stack's slices withheld to validate the "
                     "fit (at least 2 per stack; 0: none; default: the model's, "
                     f"{_by_model('holdout_fraction')})")
-    sr.add_argument("--epochs", type=_positive_int, help="default: the model's own")
+    sr.add_argument("--epochs", type=_positive_int,
+                    help="default: the model's own, fewer where a subject's epochs exceed its "
+                         "training budget")
     sr.add_argument("--seed", type=int, default=0)
 
     run = parser.add_argument_group("run control")

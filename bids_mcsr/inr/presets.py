@@ -18,6 +18,8 @@ DEFAULT_MODEL = "fast"
 MI_WINDOW = 4  # epochs over which the MI change is averaged
 MI_TOLERANCE_NATS = 2e-3  # MI has plateaued when it moves less than this per epoch
 MI_MIN_EPOCHS = 6  # the MI rule never stops before this epoch
+EVALUATION_BUDGET = 170_000_000  # network evaluations a default fast fit trains on, at most
+MIN_BUDGET_EPOCHS = 4  # a budget never cuts training below this many epochs
 
 
 # the settings a user may choose per run (SRConfig fields, command-line options); unset (None),
@@ -36,6 +38,10 @@ class ModelSpec:
         The network (:func:`bids_mcsr.inr.model.build_model`).
     epochs, batch_size, lr
         Training length, batch and Adam learning rate.
+    max_evaluations
+        Network evaluations a fit trains on at most when its epochs are not given: data that
+        would take more in ``epochs`` epochs train fewer (:func:`epochs_within_budget`);
+        None: no limit.
     adam_betas, adam_eps
         Adam's moment decay rates and epsilon.
     schedule
@@ -75,6 +81,7 @@ class ModelSpec:
     trunk_depth: int = 4
     head_width: int = 64
     epochs: int = 20
+    max_evaluations: int | None = None
     batch_size: int = 4096
     lr: float = 1e-3
     adam_betas: tuple[float, float] = (0.9, 0.99)
@@ -111,7 +118,7 @@ PRESETS = {
                       {"n_levels": 8, "n_features": 2, "log2_table_size": 19,
                        "coarsest_mm": 32.0, "finest_mm": 2.0},
                       trunk_width=64, trunk_depth=2, head_width=32,
-                      epochs=10, batch_size=8192, lr=5e-3),
+                      epochs=10, max_evaluations=EVALUATION_BUDGET, batch_size=8192, lr=5e-3),
 }
 
 
@@ -149,6 +156,36 @@ def model_spec(name: str, **overrides) -> ModelSpec:
         elif value is not None:
             setattr(spec, key, value)
     return spec
+
+
+def epochs_within_budget(spec: ModelSpec, evaluations_per_epoch: int) -> int:
+    """The epochs a fit trains when its epochs are not given: the model's, or fewer where
+    they would take more than ``spec.max_evaluations`` network evaluations.
+
+    Optimisation progresses per step, and a step costs the same whatever the data, so a
+    fixed number of epochs made a subject's training time grow with its stacks (a 4-contrast
+    6-stack subject: 24 M evaluations per epoch, about 10 minutes on 2 CPU cores against 2.5
+    for two stacks). The budget (:data:`EVALUATION_BUDGET`: 10 epochs of up to four
+    whole-head 4 mm stacks fit in it, 17 M evaluations each) caps the steps instead, never
+    below :data:`MIN_BUDGET_EPOCHS` epochs; the learning-rate schedule and coarse-to-fine
+    run over the epochs that remain.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        The fit's model and settings.
+    evaluations_per_epoch : int
+        Network evaluations of one epoch
+        (:meth:`bids_mcsr.inr.sampling.TrainingSamples.epoch_evaluations`).
+
+    Returns
+    -------
+    int
+        At most ``spec.epochs``.
+    """
+    if spec.max_evaluations is None or evaluations_per_epoch * spec.epochs <= spec.max_evaluations:
+        return spec.epochs
+    return max(min(MIN_BUDGET_EPOCHS, spec.epochs), spec.max_evaluations // max(1, evaluations_per_epoch))
 
 
 def run_choices(model: str, **given) -> dict:

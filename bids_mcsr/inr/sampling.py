@@ -118,6 +118,13 @@ class TrainingSamples:
         """Samples drawn per epoch by :meth:`epoch_indices`."""
         return self._n_drawn(np.ones(self.foreground.shape, bool), background_fraction)
 
+    def epoch_evaluations(self, background_fraction: float) -> int:
+        """Network evaluations of one epoch of :meth:`epoch_indices`: ``n_profile`` per
+        slab-sampled voxel drawn, one per point-sampled voxel."""
+        point = self._point_stack.cpu().numpy()[self.stack.cpu().numpy()]
+        return (self._n_drawn(~point, background_fraction) * self.n_profile
+                + self._n_drawn(point, background_fraction))
+
     def evaluations(self, idx: torch.Tensor) -> int:
         """Network evaluations that the voxels ``idx`` take: ``n_profile`` each where
         slab-sampled, one where point-sampled."""

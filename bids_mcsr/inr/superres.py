@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -39,7 +39,7 @@ from bids_mcsr.inr.device import describe, reproducible, select_device
 from bids_mcsr.inr.inference import predict_grid
 from bids_mcsr.inr.memory import Estimate, plan_memory
 from bids_mcsr.inr.model import build_model
-from bids_mcsr.inr.presets import RUN_CHOICES, ModelSpec, model_spec
+from bids_mcsr.inr.presets import RUN_CHOICES, ModelSpec, epochs_within_budget, model_spec
 from bids_mcsr.inr.result import SRResult
 from bids_mcsr.inr.sampling import TrainingSamples, build_samples, stack_masks_and_scalers
 from bids_mcsr.inr.summaries import describe_acquisition, describe_gain, heldout_summary
@@ -180,7 +180,16 @@ def _problem(stacks: Sequence[Stack], config: SRConfig, grid: Grid, reference: i
     per_contrast = grid_masks(stacks, masks, grid, contrasts)
     mask = np.logical_or.reduce(list(per_contrast.values()))
     shared = np.logical_and.reduce(list(per_contrast.values()))
-    return _Problem(contrasts, grid, frame, _fit_spec(config), masks, scalers, heldout, samples,
+    spec = _fit_spec(config)
+    if config.epochs is None:
+        per_epoch = samples.epoch_evaluations(spec.background_fraction)
+        budgeted = epochs_within_budget(spec, per_epoch)
+        if budgeted < spec.epochs:
+            log.info("training %d epochs instead of %d: %.1f M network evaluations per epoch, and the "
+                     "%s model trains on at most %.0f M (--epochs sets them)", budgeted, spec.epochs,
+                     per_epoch / 1e6, spec.name, spec.max_evaluations / 1e6)
+            spec = replace(spec, epochs=budgeted)
+    return _Problem(contrasts, grid, frame, spec, masks, scalers, heldout, samples,
                     acquisition, mask, _mi_points(shared if shared.any() else mask, grid, frame, config))
 
 

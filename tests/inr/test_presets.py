@@ -17,7 +17,14 @@ from bids_mcsr.image.io import Stack
 from bids_mcsr.inr.acquisition_fit import StackAcquisition
 from bids_mcsr.inr.config import SRConfig
 from bids_mcsr.inr.model import build_model
-from bids_mcsr.inr.presets import RUN_CHOICES, model_spec, run_choices
+from bids_mcsr.inr.presets import (
+    MIN_BUDGET_EPOCHS,
+    PRESETS,
+    RUN_CHOICES,
+    epochs_within_budget,
+    model_spec,
+    run_choices,
+)
 from bids_mcsr.inr.sampling import build_samples, stack_masks_and_scalers
 from bids_mcsr.inr.superres import super_resolve
 from bids_mcsr.inr.training import TrainConfig, train
@@ -171,3 +178,22 @@ def test_a_paper_run_uses_its_published_choices_and_a_flag_overrides_one():
     assert ours.settings["slice_profile"] == ours.settings["model"]["slice_profile"] == "gaussian"
     assert ours.settings["consistency_iterations"] == 1
     assert ours.settings["intensity_scaling"] == "minmax"
+
+
+def test_the_evaluation_budget_cuts_epochs_only_for_data_that_exceed_it():
+    fast = model_spec("fast")
+    assert fast.epochs == 10 and fast.max_evaluations == 170_000_000
+    assert epochs_within_budget(fast, 8_364_120) == 10  # two whole-head stacks (pipeline benchmark)
+    assert epochs_within_budget(fast, 16_647_835) == 10  # four whole-head stacks, four contrasts
+    assert epochs_within_budget(fast, 24_167_917) == 7  # six stacks (a 3D T1w), four contrasts
+    assert epochs_within_budget(fast, 10**9) == MIN_BUDGET_EPOCHS
+    assert epochs_within_budget(model_spec("paper"), 10**9) == 50  # no budget
+
+
+def test_a_fit_over_the_budget_trains_fewer_epochs_unless_they_are_given(monkeypatch):
+    monkeypatch.setattr(PRESETS["fast"], "max_evaluations", 1000)  # far below one epoch of the case
+    quick = dict(mi_stopping=False, consistency_iterations=0, guided_upsampling=False, threads=1)
+    budgeted = super_resolve(tiny_case(), SRConfig(**quick))
+    assert budgeted.epochs_run == MIN_BUDGET_EPOCHS == budgeted.settings["model"]["epochs"]
+    given = super_resolve(tiny_case(), SRConfig(epochs=5, **quick))
+    assert given.epochs_run == 5

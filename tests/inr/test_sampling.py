@@ -47,6 +47,7 @@ def test_every_batch_splits_the_same_way_between_slab_and_point_samples():
     idx = torch.from_numpy(order[:batch])
     assert samples.evaluations(idx) == layout[0] * samples.n_profile + layout[1]
     assert samples.n_evaluations() == 40 * 48 * 40 + 40 * 48 * 10 * samples.n_profile
+    assert samples.epoch_evaluations(0.2) == samples.evaluations(torch.from_numpy(order))
 
 
 def test_a_point_sampled_voxel_is_evaluated_once_with_the_same_error():
