@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from acquisitions import AX, COR, Acquisition, StackSpec, make_stacks  # noqa: E402
 from cases import template_case  # noqa: E402
 
-VARIANTS = {"cpu": ("cpu", 1), "cuda": ("cuda", 2)}  # device, runs
+RUNS = {"cpu": 1, "cuda": 2}  # same-seed runs per device
 
 
 def build(crop: tuple[int, int, int], folder: Path) -> None:
@@ -80,10 +80,9 @@ def child(a: argparse.Namespace) -> None:
     a.out.with_suffix(".json").write_text(json.dumps(figures))
 
 
-def run(variant: str, seed: int, folder: Path, threads: int) -> tuple[dict, dict[str, np.ndarray]]:
+def run(device: str, seed: int, folder: Path, threads: int) -> tuple[dict, dict[str, np.ndarray]]:
     """Run one fit in a fresh process and read back its figures and volumes."""
-    device, _ = VARIANTS[variant]
-    out = folder / f"{variant}_{seed}_{time.monotonic_ns()}.npz"
+    out = folder / f"{device}_{seed}_{time.monotonic_ns()}.npz"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--folder", str(folder),
            "--device", device, "--seed", str(seed), "--threads", str(threads), "--out", str(out)]
     subprocess.run(cmd, check=True)
@@ -119,7 +118,7 @@ def main(argv=None) -> int:
     from bids_mcsr.image.metrics import cubic_baseline, psnr
 
     variants = [v for v in a.variants.split(",") if v]
-    if any(VARIANTS[v][0] == "cuda" for v in variants) and not torch.cuda.is_available():
+    if "cuda" in variants and not torch.cuda.is_available():
         print("bench_device: no CUDA GPU visible; run it where torch.cuda.is_available() is True")
         return 2
     crop = tuple(int(x) for x in a.crop.split(","))
@@ -139,7 +138,7 @@ def main(argv=None) -> int:
                  for c in truth}
         volumes: dict[str, list[dict[str, np.ndarray]]] = {}
         for v in variants:
-            for _ in range(VARIANTS[v][1]):
+            for _ in range(RUNS[v]):
                 fig, vols = run(v, a.seed, folder, a.threads)
                 fig.update(variant=v, psnr={c: psnr(vols[c], truth[c], mask) for c in truth})
                 if "cpu" in volumes and v != "cpu":

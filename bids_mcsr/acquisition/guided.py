@@ -46,7 +46,7 @@ from bids_mcsr.image.io import Stack
 from bids_mcsr.image.metrics import resample_to_grid
 
 GUIDE_WINDOW = 7  # in-plane voxels a side of the windows the local maps are fitted in
-GUIDE_EPS = 0.01  # ridge term, the guides in units of their robust spread over the grid
+GUIDE_EPS = 0.01  # ridge term, the guides in units of their robust spread inside the head
 
 
 def robust_spread(values: np.ndarray) -> float:

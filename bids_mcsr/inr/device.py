@@ -34,8 +34,8 @@ def reproducible(device: torch.device) -> Iterator[None]:
     """Deterministic kernels while a fit runs on a GPU, so that ``--seed`` repeats its output.
 
     On CUDA the hash grid's backward (``index_add_``) and the per-contrast loss sums are
-    atomic adds whose order, hence rounding, changes from run to run: measured on an H100,
-    two fits with one seed differed. Inside this context torch picks its deterministic
+    atomic adds whose order, hence rounding, changes from run to run; on an H100 the
+    same-seed test failed (before this context existed). Inside this context torch picks its deterministic
     kernels (``torch.use_deterministic_algorithms``, warning, not failing, where an
     operation has none) and cuBLAS its reproducible workspace (``CUBLAS_WORKSPACE_CONFIG``,
     left as it is when already set). The previous setting is restored on exit. CPU fits are

@@ -60,10 +60,14 @@ class TrainingSamples:
         """Per stack, whether it is point-sampled (on the samples' device)."""
         return torch.tensor([not p for p in self.profiled], device=self.stack.device)
 
+    def _point_voxels(self) -> np.ndarray:
+        """Per voxel, whether its stack is point-sampled."""
+        return self._point_stack.cpu().numpy()[self.stack.cpu().numpy()]
+
     def _groups(self) -> list[np.ndarray]:
         """Voxels per group of :meth:`batch_layout`: the slab-sampled stacks' and, when a
         (near-)isotropic stack is point-sampled beside them, its own."""
-        point = self._point_stack.cpu().numpy()[self.stack.cpu().numpy()]
+        point = self._point_voxels()
         if self.n_profile == 1 or not point.any() or point.all():
             return [np.ones(point.shape, bool)]
         return [~point, point]
@@ -121,7 +125,7 @@ class TrainingSamples:
     def epoch_evaluations(self, background_fraction: float) -> int:
         """Network evaluations of one epoch of :meth:`epoch_indices`: ``n_profile`` per
         slab-sampled voxel drawn, one per point-sampled voxel."""
-        point = self._point_stack.cpu().numpy()[self.stack.cpu().numpy()]
+        point = self._point_voxels()
         return (self._n_drawn(~point, background_fraction) * self.n_profile
                 + self._n_drawn(point, background_fraction))
 
