@@ -14,8 +14,9 @@ class SRConfig:
     :func:`bids_mcsr.inr.presets.model_spec`; :meth:`resolved` fills them in).
 
     ``learn_profile``: fit each thick stack's slice-profile width with the network (True,
-    False, ``"auto"``: when a stack's header declares gaps between its slices; on the
-    robustness benchmark it wins there and loses where a thick slab is declared right,
+    False, ``"auto"``: when a stack's header declares gaps between its slices, or every thick
+    stack's slices span a head (:func:`bids_mcsr.inr.superres.learns_profiles`); on crops of a
+    head it loses where a thick slab is declared right, on whole heads it wins,
     docs/evaluation.md); ``refine_registration``: refine
     each stack's rigid pose with the network (True, False, ``"auto"``: when a stack looks
     misaligned; the model's choice when None).

@@ -20,7 +20,13 @@ from bids_mcsr.inr.model import build_model
 from bids_mcsr.inr.presets import model_spec
 from bids_mcsr.inr.sampling import build_samples, stack_masks_and_scalers
 from bids_mcsr.inr.stopping import mean_pairwise_mi, mi_plateaued
-from bids_mcsr.inr.superres import learns_profiles, refines_poses, super_resolve
+from bids_mcsr.inr.superres import (
+    WIDTH_MIN_SLICE_VOXELS,
+    learns_profiles,
+    refines_poses,
+    slice_foreground,
+    super_resolve,
+)
 from bids_mcsr.inr.training import TrainConfig, train
 
 # 2 mm truth, 6 mm slices: a 3x anisotropic T1w (axial) and T2w (coronal)
@@ -229,6 +235,29 @@ def test_slab_widths_are_learned_when_a_header_declares_gaps(phantom):
     _, (t1, t2), _, _ = phantom  # 6 mm slices declared 6 mm thick
     thin = t2.with_affine(t2.affine)
     thin.slice_thickness = 3.0  # 3 mm slices 6 mm apart, or a header at half the slab
-    assert learns_profiles([t1, t2], "auto") is False
-    assert learns_profiles([t1, thin], "auto") is True
-    assert learns_profiles([t1, t2], True) is True and learns_profiles([t1, thin], False) is False
+    masks = [np.ones(s.data.shape, bool) for s in (t1, t2)]
+    assert max(slice_foreground(s, m) for s, m in zip((t1, t2), masks)) < WIDTH_MIN_SLICE_VOXELS
+    assert learns_profiles([t1, t2], "auto", masks) is False
+    assert learns_profiles([t1, thin], "auto", masks) is True
+    assert learns_profiles([t1, t2], True, masks) is True
+    assert learns_profiles([t1, thin], False, masks) is False
+
+
+def test_slab_widths_are_learned_where_every_thick_stack_spans_a_head(phantom):
+    _, (t1, t2), _, _ = phantom
+    big = [np.ones(s.data.shape, bool) for s in (t1, t2)]
+    for s, m in zip((t1, t2), big):  # the median slice: a head in fewer than half the slices is none
+        other = tuple(a for a in range(3) if a != s.through_plane_axis)
+        assert slice_foreground(s, m) == int(m.sum(axis=other)[0])
+        index = [slice(None)] * 3
+        index[s.through_plane_axis] = slice(0, m.shape[s.through_plane_axis] // 2 - 1)
+        few = np.zeros_like(m)
+        few[tuple(index)] = True
+        assert slice_foreground(s, few) == 0
+    wide = [t.with_data(np.pad(t.data, [(0, 0) if a == t.through_plane_axis else (60, 60)
+                                        for a in range(3)])) for t in (t1, t2)]
+    wide_masks = [np.ones(w.data.shape, bool) for w in wide]
+    assert min(slice_foreground(w, m) for w, m in zip(wide, wide_masks)) >= WIDTH_MIN_SLICE_VOXELS
+    assert learns_profiles(wide, "auto", wide_masks) is True
+    assert learns_profiles([wide[0], t2], "auto", [wide_masks[0], big[1]]) is False  # one crop
+    assert learns_profiles(wide, False, wide_masks) is False
