@@ -166,7 +166,8 @@ def epochs_within_budget(spec: ModelSpec, evaluations_per_epoch: int) -> int:
     fixed number of epochs made a subject's training time grow with its stacks (a 4-contrast
     6-stack subject: 24 M evaluations per epoch, about 10 minutes on 2 CPU cores against 2.5
     for two stacks). The budget (:data:`EVALUATION_BUDGET`: 10 epochs of up to four
-    whole-head 4 mm stacks fit in it, 17 M evaluations each) caps the steps instead, never
+    whole-head 4 mm stacks fit in it, 17 M evaluations each, or of three when their slab
+    widths are learned, whose held-out batches count too) caps the steps instead, never
     below :data:`MIN_BUDGET_EPOCHS` epochs; the learning-rate schedule and coarse-to-fine
     run over the epochs that remain.
 
