@@ -4,10 +4,11 @@ Each thick-slice stack has an unknown through-plane slice profile and a small re
 misalignment left by registration. Both are parameters of the forward model:
 
 * the profile's full width at half maximum (FWHM, mm), initialised from the header
-  (:func:`~bids_mcsr.acquisition.slice_profile.slab_fwhm`), learned in log scale and clipped to
-  ``[FWHM_MIN_OF_INPLANE x finest in-plane voxel, slice_profile.widest_slab_mm]``,
-  so it can neither collapse nor run away (on the robustness benchmark a width allowed above
-  the spacing ran to its bound on some stacks and cost up to 8 dB);
+  (:func:`~bids_mcsr.acquisition.slice_profile.slab_fwhm`), learned in log scale and put back
+  into ``[FWHM_MIN_OF_INPLANE x finest in-plane voxel, slice_profile.widest_slab_mm]`` after
+  every step (:meth:`StackAcquisition.keep_widths_in_bounds`), so it can neither collapse nor
+  run away (on the robustness benchmark a width allowed above the spacing ran to its bound on
+  some stacks and cost up to 8 dB) and can leave a bound again;
 * a rigid correction (rotation vector, radians, and translation, mm) applied to every sample
   point of the stack about the stack's centre; the reference stack stays fixed, which removes
   the global pose ambiguity. The translation is kept in millimetres, not in the network's
@@ -135,7 +136,15 @@ class StackAcquisition(nn.Module):
 
     def fwhm_mm(self) -> torch.Tensor:
         """Per-stack FWHM (mm); 0 for point-sampled stacks."""
-        return torch.minimum(torch.maximum(torch.exp(self.log_width), self.lo), self.hi) * self.profiled
+        return torch.exp(self.log_width) * self.profiled
+
+    @torch.no_grad()
+    def keep_widths_in_bounds(self) -> None:
+        """Put the widths back into their physical range after a step: a projection, not a
+        clip inside :meth:`fwhm_mm`, whose zero gradient beyond a bound held a width there for
+        the rest of the fit (seen: a 1 mm slab declared 4 mm went past the 4 mm bound in the
+        first width steps and stayed)."""
+        self.log_width.copy_(torch.minimum(torch.maximum(self.log_width, self.lo.log()), self.hi.log()))
 
     def rotations(self) -> torch.Tensor:
         return torch.linalg.matrix_exp(_skew(self.rotation * self.movable))

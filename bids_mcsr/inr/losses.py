@@ -89,3 +89,4 @@ def width_step(model: torch.nn.Module, samples: TrainingSamples, held_idx: np.nd
     (grad,) = torch.autograd.grad(loss, [acquisition.log_width])
     acquisition.log_width.grad = grad
     opt.step()
+    acquisition.keep_widths_in_bounds()

@@ -206,9 +206,8 @@ def _problem(stacks: Sequence[Stack], config: SRConfig, grid: Grid, reference: i
     spec = _fit_spec(config)
     if config.epochs is None:
         per_epoch = samples.epoch_evaluations(spec.background_fraction)
-        if acquisition.log_width.requires_grad:  # a held-out batch every acquisition_every-th
-            # step (its uncompiled network took ~40 % more time per epoch, docs/evaluation.md)
-            per_epoch += per_epoch // TrainConfig.acquisition_every
+        if acquisition.log_width.requires_grad:  # the held-out voxels of the width steps
+            per_epoch += TrainConfig().width_evaluations(per_epoch)
         budgeted = epochs_within_budget(spec, per_epoch)
         if budgeted < spec.epochs:
             log.info("training %d epochs instead of %d: %.1f M network evaluations per epoch, and the "

@@ -52,9 +52,11 @@ class TrainConfig:
     models can be compared at equal time. The stacks' acquisition parameters (slice-profile
     widths, rotations, translations) learn at ``width_lr``/``pose_lr``/``shift_lr_mm`` once
     ``acquisition_warmup`` epochs have fitted the network alone, every
-    ``acquisition_every``-th step: the poses from a training batch, the widths from a batch
-    of held-out voxels with the network fixed (their gradient through the encoding costs
-    about half a step). Without held-out slices the widths stay at their initial values. While
+    ``acquisition_every``-th step: the poses from a training batch, the widths from
+    ``width_batch_share`` of a batch of held-out voxels with the network fixed (a few
+    parameters per stack need far fewer voxels than the network does;
+    :meth:`width_evaluations` counts them for the budget). Without held-out slices the widths
+    stay at their initial values. While
     poses or widths learn, a hash grid's levels finer than ``coarse_mm`` are brought in over the
     first ``coarse_to_fine`` share of the epochs (:func:`level_weights`; 0: all from the
     start). The held-out error is tracked every epoch.
@@ -82,6 +84,7 @@ class TrainConfig:
     shift_lr_mm: float = SHIFT_LR_MM
     acquisition_warmup: int = 1
     acquisition_every: int = 4
+    width_batch_share: float = 0.25
     coarse_to_fine: float = COARSE_TO_FINE
     coarse_mm: float = COARSE_MM
 
@@ -90,6 +93,15 @@ class TrainConfig:
         ``min_steps_per_epoch`` optimiser steps per epoch."""
         batch = min(self.batch_size, max(512, n_epoch_samples // self.min_steps_per_epoch))
         return int(max(1, min(batch, n_epoch_samples)))
+
+    def width_batch(self, batch_size: int) -> int:
+        """Held-out voxels of one slab-width step."""
+        return max(1, int(batch_size * self.width_batch_share))
+
+    def width_evaluations(self, evaluations_per_epoch: int) -> int:
+        """Network evaluations the slab-width steps add to an epoch of
+        ``evaluations_per_epoch``."""
+        return int(evaluations_per_epoch * self.width_batch_share) // self.acquisition_every
 
     def steps_per_epoch(self, n_epoch_samples: int, batch_size: int) -> int:
         """Optimiser steps of one epoch: whole batches only with ``drop_last`` (the remainder
@@ -244,7 +256,7 @@ class _Fit:
             if (learning and self.width_opt is not None
                     and step % config.acquisition_every == config.acquisition_every // 2):
                 width_step(self.model, self.samples, self.held_idx, acquisition, self.n_c,
-                           self.width_opt, self.rng, self.batch_size)
+                           self.width_opt, self.rng, config.width_batch(self.batch_size))
             loss, s, n = self._loss(idx, learn)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -119,3 +119,23 @@ def test_back_projection_and_scoring_see_the_slab_the_fit_modelled():
             assert slab_fwhm(single_slice(placed, 3)) == pytest.approx(fwhm, abs=1e-5)
             assert placed.slice_thickness == stack.slice_thickness  # the header stays the header
     assert [f.fwhm_mm for f in learned.fitted()] == pytest.approx([1.5, 3.5], abs=1e-5)  # reported
+
+
+def test_a_width_stepped_past_its_bound_is_put_back_and_can_leave_it():
+    """A step past a bound lands on the bound, where the width still has a gradient (a clip
+    inside the forward model gave none, and the width stayed at its bound for good)."""
+    s = stacks()
+    acq = StackAcquisition(s, CoordinateFrame.from_stacks(s), [True, True], True, False, 0)
+    lo, hi = zip(*(profile_bounds(st) for st in s))
+    with torch.no_grad():
+        acq.log_width[:] = torch.log(torch.tensor([3.0 * hi[0], 0.1 * lo[1]]))
+    acq.keep_widths_in_bounds()
+    assert np.allclose(acq.fwhm_mm().detach().numpy(), [hi[0], lo[1]], rtol=1e-5)
+    acq.fwhm_mm().sum().backward()
+    assert torch.all(acq.log_width.grad > 0)
+    opt = torch.optim.SGD([acq.log_width], lr=0.1)
+    acq.log_width.grad = torch.tensor([1.0, -1.0])  # the loss falls inwards
+    opt.step()
+    acq.keep_widths_in_bounds()
+    width = acq.fwhm_mm().detach().numpy()
+    assert width[0] < hi[0] * 0.95 and width[1] > lo[1] * 1.05

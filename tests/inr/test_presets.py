@@ -190,6 +190,17 @@ def test_the_evaluation_budget_cuts_epochs_only_for_data_that_exceed_it():
     assert epochs_within_budget(model_spec("paper"), 10**9) == 50  # no budget
 
 
+def test_the_budget_counts_the_held_out_voxels_of_the_width_steps():
+    """A width step every ``acquisition_every``-th step on a quarter of a batch: 1/16 more
+    evaluations, so four whole-head stacks whose widths learn train 9 epochs, six stacks 6."""
+    config = TrainConfig()
+    assert config.width_batch(8192) == 2048 and config.width_batch(2) == 1
+    assert config.width_evaluations(16_000_000) == 1_000_000
+    fast = model_spec("fast")
+    for per_epoch, epochs in ((8_364_120, 10), (16_647_835, 9), (24_167_917, 6)):
+        assert epochs_within_budget(fast, per_epoch + config.width_evaluations(per_epoch)) == epochs
+
+
 def test_a_fit_over_the_budget_trains_fewer_epochs_unless_they_are_given(monkeypatch):
     monkeypatch.setattr(PRESETS["fast"], "max_evaluations", 1000)  # far below one epoch of the case
     quick = dict(mi_stopping=False, consistency_iterations=0, guided_upsampling=False, threads=1)
