@@ -48,12 +48,33 @@ def mutual_information(a: np.ndarray, b: np.ndarray, bins: int = 32) -> float:
     return float((pxy[nz] * np.log(pxy[nz] / (px @ py)[nz])).sum())
 
 
+def _grid_to_stack(stack: Stack, grid: Grid) -> np.ndarray:
+    """The 4 x 4 map from ``grid`` voxel indices to ``stack`` voxel indices."""
+    return np.linalg.inv(stack.affine) @ grid.affine
+
+
 def resample_to_grid(stack: Stack, grid: Grid, order: int = 3) -> np.ndarray:
     """B-spline interpolation (``order``) of a stack onto ``grid``; outside reads the edge."""
-    vox = np.linalg.inv(stack.affine) @ grid.affine
+    vox = _grid_to_stack(stack, grid)
     return ndimage.affine_transform(stack.data.astype(np.float64), vox[:3, :3], vox[:3, 3],
                                     output_shape=grid.shape, order=order, mode="nearest"
                                     ).astype(np.float32)
+
+
+def resample_planes(stack: Stack, grid: Grid, point: Sequence[int], order: int = 3) -> list[np.ndarray]:
+    """:func:`resample_to_grid` of the three grid planes through voxel ``point`` only: plane
+    ``a`` is ``resample_to_grid(stack, grid, order)`` indexed at ``point[a]`` along axis
+    ``a``, at a fraction of the cost (a report's figures need three planes, not the grid)."""
+    vox = _grid_to_stack(stack, grid)
+    data = stack.data.astype(np.float64)
+    planes = []
+    for axis in range(3):
+        ranges = [np.arange(n) if a != axis else np.array([point[a]]) for a, n in enumerate(grid.shape)]
+        ijk = np.stack([i.ravel() for i in np.meshgrid(*ranges, indexing="ij")])
+        values = ndimage.map_coordinates(data, vox[:3, :3] @ ijk + vox[:3, 3:], order=order,
+                                         mode="nearest")
+        planes.append(values.reshape([len(r) for r in ranges]).squeeze(axis).astype(np.float32))
+    return planes
 
 
 def cubic_baseline(stacks: Sequence[Stack], grid: Grid) -> np.ndarray:

@@ -1,8 +1,9 @@
 """Report figures (PNG files) drawn with matplotlib's object API, no pyplot state.
 
-Every image is shown on the SR output grid: acquired stacks are resampled onto it with
-nearest-neighbour interpolation so their thick slices stay visibly blocky, and every
-panel of a figure cuts through the same physical point.
+Every image is shown on the SR output grid: acquired stacks are resampled onto its planes
+through one voxel (those planes only) with nearest-neighbour interpolation so their thick
+slices stay visibly blocky, every panel of a figure cuts through the same physical point, and
+a row's intensity window is set on the pixels it shows.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from skimage.feature import canny
 
 from bids_mcsr.image.geometry import Grid
 from bids_mcsr.image.io import Stack
-from bids_mcsr.image.metrics import resample_to_grid
+from bids_mcsr.image.metrics import resample_planes
 
 DPI = 80
 PLANE_NAMES = {"L": "sagittal", "R": "sagittal", "A": "coronal", "P": "coronal",
@@ -41,9 +42,15 @@ def plane_names(grid: Grid) -> list[str]:
     return [PLANE_NAMES[code] for code in nib.aff2axcodes(grid.affine)]
 
 
-def _cut(volume: np.ndarray, axis: int, point: Sequence[int]) -> np.ndarray:
-    """The 2D slice through ``point`` normal to ``axis``, transposed for ``imshow``."""
-    return np.take(volume, point[axis], axis=axis).T
+def _planes(volume: np.ndarray, point: Sequence[int]) -> list[np.ndarray]:
+    """The three planes of a grid volume through ``point``, normal to axes 0, 1, 2 (as
+    :func:`~bids_mcsr.image.metrics.resample_planes` gives a stack's)."""
+    return [np.take(volume, point[axis], axis=axis) for axis in range(3)]
+
+
+def _pixels(planes: Sequence[np.ndarray]) -> np.ndarray:
+    """Every pixel of the three planes, the panels an intensity window is set on."""
+    return np.concatenate([p.ravel() for p in planes])
 
 
 def _window(volume: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
@@ -97,18 +104,18 @@ def plot_lr_vs_sr(stacks: Sequence[Stack], volume: np.ndarray, grid: Grid, mask:
     path : Path
         PNG to write (and return).
     """
-    mask = np.asarray(mask, bool)
-    rows = [(f"acquired {s.name}", resample_to_grid(s, grid, order=0)) for s in stacks]
-    rows.append(("super-resolved", np.asarray(volume, np.float32)))
+    masks = _planes(np.asarray(mask, bool), point)
+    rows = [(f"acquired {s.name}", resample_planes(s, grid, point, order=0)) for s in stacks]
+    rows.append(("super-resolved", _planes(np.asarray(volume, np.float32), point)))
     names = plane_names(grid)
     detail_axis = next(a for a in range(3) if a != through_axis)
     fig = Figure(figsize=(12, 3.1 * len(rows)))
     axes = fig.subplots(len(rows), 4, squeeze=False)
-    for r, (label, data) in enumerate(rows):
-        window = _window(data, mask)
+    for r, (label, planes) in enumerate(rows):
+        window = _window(_pixels(planes), _pixels(masks))
         for axis in range(3):
-            _show(axes[r][axis], _cut(data, axis, point), window, f"{label}\n{names[axis]}")
-        image = _cut(data, detail_axis, point)
+            _show(axes[r][axis], planes[axis].T, window, f"{label}\n{names[axis]}")
+        image = planes[detail_axis].T
         centre = [point[a] for a in range(3) if a != detail_axis][::-1]
         box = _zoom_box(image.shape, (centre[0], centre[1]))
         _show(axes[r][3], image[box], window, f"detail, {names[detail_axis]}")
@@ -131,16 +138,17 @@ def plot_registration(reference: Stack, moving: Stack, grid: Grid, point: Sequen
     path : Path
         PNG to write (and return).
     """
-    ref = resample_to_grid(reference, grid, order=1)
-    mov = resample_to_grid(moving, grid, order=1)
-    ref_scale = max(float(np.percentile(ref, 99)), 1e-6)
+    ref = resample_planes(reference, grid, point, order=1)
+    mov = resample_planes(moving, grid, point, order=1)
+    ref_scale = max(float(np.percentile(_pixels(ref), 99)), 1e-6)
     names = plane_names(grid)
     fig = Figure(figsize=(12, 4))
     axes = fig.subplots(1, 3)
-    window = _window(mov, mov > np.percentile(mov, 50))
+    shown = _pixels(mov)
+    window = _window(shown, shown > np.percentile(shown, 50))
     for axis in range(3):
-        edges = canny(_cut(ref, axis, point) / ref_scale, sigma=1.5)
-        _show(axes[axis], _cut(mov, axis, point), window, f"{moving.name}\n{names[axis]}")
+        edges = canny(ref[axis].T / ref_scale, sigma=1.5)
+        _show(axes[axis], mov[axis].T, window, f"{moving.name}\n{names[axis]}")
         axes[axis].imshow(np.ma.masked_where(~edges, edges.astype(float)), cmap=EDGE_COLOURS,
                           origin="lower", vmin=0, vmax=1, interpolation="nearest", alpha=0.9)
     fig.suptitle(f"edges of the reference {reference.name}", fontsize=10)
