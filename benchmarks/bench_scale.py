@@ -268,8 +268,10 @@ def run_participant(index: int, folder: Path, a: argparse.Namespace) -> dict:
         logs = sorted((out / "logs").glob("bids-mcsr_*.log"))
         units = [u for log in logs for u in parse_log(log.read_text())]
         written = sorted(p.name for p in (out / "sub-01" / "anat").glob("*desc-sr*.nii.gz"))
+        record = json.loads(next((out / "sub-01" / "qc").glob("*_desc-qc.json")).read_text())
     return {"protocol": row.name, "stacks": [bids_stem(s) for s in row.stacks], "n_stacks": len(row.stacks),
             "wall_s": wall, "subject_s": units[0].seconds if units else None,
+            "step_times_s": record["provenance"]["step_times_s"],
             "peak_tree_rss_gb": peak / GB, "outputs": written, "command": command[1:]}
 
 

@@ -167,10 +167,11 @@ def learns_profiles(stacks: Sequence[Stack], choice: bool | str, masks: Sequence
     stack's slices hold at least :data:`WIDTH_MIN_SLICE_VOXELS` foreground voxels (median
     over its slices, ``masks`` its foreground): slices that span a head. On whole-head 1 mm
     template stacks (12-14 thousand) the widths learned on the held-out slices came out
-    within 3 % of 1 mm thin slices whatever the header said (thin slices declared 4 mm thick:
-    +0.7 / +0.8 dB over cubic interpolation with the header's slab, +4.5 / +6.7 dB learned);
-    on 64-80 mm crops of a head (4-6.5 thousand) they ran to the slice spacing and cost up
-    to 2 dB (docs/evaluation.md).
+    at 0.6-1.05 mm for 1 mm thin slices whatever the header said (thin slices declared 4 mm
+    thick: +0.7 / +0.8 dB over cubic interpolation with the header's slab, +4.7 / +6.8 dB
+    learned); on 64-80 mm crops of a head (4-6.5 thousand) they ran to the slice spacing and
+    cost up to 2 dB (docs/evaluation.md; measured while a width that crossed its bound stayed
+    there, before :meth:`~bids_mcsr.inr.acquisition_fit.StackAcquisition.keep_widths_in_bounds`).
     """
     if choice != "auto":
         return bool(choice)
