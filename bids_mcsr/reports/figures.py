@@ -104,7 +104,7 @@ def plot_lr_vs_sr(stacks: Sequence[Stack], volume: np.ndarray, grid: Grid, mask:
     path : Path
         PNG to write (and return).
     """
-    masks = _planes(np.asarray(mask, bool), point)
+    inside = _pixels(_planes(np.asarray(mask, bool), point))
     rows = [(f"acquired {s.name}", resample_planes(s, grid, point, order=0)) for s in stacks]
     rows.append(("super-resolved", _planes(np.asarray(volume, np.float32), point)))
     names = plane_names(grid)
@@ -112,7 +112,7 @@ def plot_lr_vs_sr(stacks: Sequence[Stack], volume: np.ndarray, grid: Grid, mask:
     fig = Figure(figsize=(12, 3.1 * len(rows)))
     axes = fig.subplots(len(rows), 4, squeeze=False)
     for r, (label, planes) in enumerate(rows):
-        window = _window(_pixels(planes), _pixels(masks))
+        window = _window(_pixels(planes), inside)
         for axis in range(3):
             _show(axes[r][axis], planes[axis].T, window, f"{label}\n{names[axis]}")
         image = planes[detail_axis].T
