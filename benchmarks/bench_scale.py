@@ -20,11 +20,12 @@ its default output grid) in a fresh process of its own, on stacks read back from
 so that the peak resident memory is the row's alone. Recorded per row: the wall time of each
 step (the result's timings, plus writing the outputs), the training samples, the epochs run,
 the output grid, the up-front memory plan of the app's input check
-(``bids_mcsr.inr.memory.plan_memory``, without ``--mem-gb``) and the measured peak resident
-memory of the row's process (``VmHWM`` of ``/proc/self/status``: on Linux
-``getrusage(RUSAGE_SELF).ru_maxrss`` of a freshly started child also counts its parent's
-peak, carried over the vfork and exec). N4 and rigid registration are not included
-(``bench_pipeline.py`` times them for two stacks): the simulated stacks are aligned.
+(``bids_mcsr.inr.memory.plan_memory``, without ``--mem-gb``, for the row's threads and
+device) and the measured peak resident memory of the row's process (``VmHWM`` of
+``/proc/self/status``: on Linux ``getrusage(RUSAGE_SELF).ru_maxrss`` of a freshly started
+child also counts its parent's peak, carried over the vfork and exec). N4 and rigid
+registration are not included (``bench_pipeline.py`` times them for two stacks): the
+simulated stacks are aligned.
 
 ``--participant``: each row as a user runs it instead. Its stacks are written as a BIDS
 dataset (``sub-01``: the 3D T1w as ``sub-01_T1w`` with ``MRAcquisitionType`` 3D, the 2D
@@ -130,6 +131,7 @@ def peak_rss_gb() -> float:
 def planned_gb(stacks: list, config) -> float:
     """The app's up-front peak-memory estimate for these stacks (``cli.inputs``' input check,
     without ``--mem-gb``), in GB."""
+    from bids_mcsr.inr.device import select_device
     from bids_mcsr.inr.memory import estimate, plan_memory
     from bids_mcsr.inr.presets import model_spec
     from bids_mcsr.inr.sampling import profile_points_per_sample
@@ -137,7 +139,9 @@ def planned_gb(stacks: list, config) -> float:
     resolved = config.resolved()
     n_profile = profile_points_per_sample(stacks, resolved.slice_profile, config.profile_samples)
     spec = model_spec(config.model, epochs=config.epochs)
-    return plan_memory(estimate(stacks, config.output_spacing), spec, n_profile).peak_bytes / GB
+    return plan_memory(estimate(stacks, config.output_spacing), spec, n_profile,
+                       workers=config.threads or 1,
+                       cuda=select_device(config.device).type == "cuda").peak_bytes / GB
 
 
 def score(res, stacks: list, truth_mm: int) -> dict:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bids_mcsr.cli.config import RunConfig
 from bids_mcsr.cli.failures import StepFailure
+from bids_mcsr.cli.resources import fits_on_gpu
 from bids_mcsr.dataset.discovery import Discovery, discover, open_layout
 from bids_mcsr.dataset.units import SubjectSession
 from bids_mcsr.dataset.validator import find_validator, subset_view, validate
@@ -91,8 +92,9 @@ def check_unit(unit: SubjectSession, config: RunConfig) -> int:
     Returns
     -------
     int
-        Peak bytes of the unit's default memory plan (the model's own batch size), what it
-        needs beside other units.
+        Peak bytes of the unit's default memory plan (the model's own batch size; as many
+        threads as a step may get, ``--omp-nthreads`` or else ``--nprocs``; on the GPU when
+        ``--device`` puts the network there), what it needs beside other units.
 
     Raises
     ------
@@ -112,10 +114,11 @@ def check_unit(unit: SubjectSession, config: RunConfig) -> int:
         spec = model_spec(config.model)
         n_profile = profile_points_per_sample(stacks, config.slice_profile,
                                               SRConfig.profile_samples)
-        check_memory(config.mem_gb, need, spec, n_profile, unit.runs[0].path)
+        workers, cuda = config.omp_nthreads or config.nprocs, fits_on_gpu(config.device)
+        check_memory(config.mem_gb, need, spec, n_profile, unit.runs[0].path, workers, cuda)
     except ValueError as err:  # InputError, or a grid that cannot be built
         raise StepFailure("input check", str(err)) from err
-    return plan_memory(need, spec, n_profile).peak_bytes
+    return plan_memory(need, spec, n_profile, workers=workers, cuda=cuda).peak_bytes
 
 
 def single_contrast_note(unit: SubjectSession) -> str | None:

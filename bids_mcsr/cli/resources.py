@@ -131,10 +131,10 @@ def run_resources(nprocs: int, omp_nthreads: int | None, mem_gb: float | None,
     """
     budget = int(mem_gb * GB) if mem_gb else available_memory_bytes()
     return Resources(nprocs, omp_nthreads, mem_gb, budget,
-                     max_units=1 if _fits_on_gpu(device) else None)
+                     max_units=1 if fits_on_gpu(device) else None)
 
 
-def _fits_on_gpu(device: str) -> bool:
+def fits_on_gpu(device: str) -> bool:
     """Whether ``--device`` puts the network on a CUDA GPU."""
     if device != "auto":
         return device == "cuda"

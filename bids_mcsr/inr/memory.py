@@ -27,7 +27,13 @@ BYTES_PER_SAMPLE = 64  # coordinates, value, contrast, stack, mask, epoch order 
 BYTES_PER_VOXEL = 48  # output-grid masks and their resampling (float64 coordinates)
 BYTES_PER_VOXEL_CONTRAST = 12  # prediction, volume, its float32 copy while writing
 CONSISTENCY_BYTES_PER_VOXEL = 28  # spline coefficients, correction, coverage, their inputs
-CONSISTENCY_BYTES_PER_SAMPLE = 120  # float64 voxel and sample-point coordinates, per stack voxel
+# float64 voxel and sample-point coordinates, per stack voxel of a re-simulation chunk; one
+# chunk per worker thread (6-stack subject: +0.55 GB peak from 2 to 16 threads, 39 MB each)
+CONSISTENCY_BYTES_PER_SAMPLE = 150
+# host memory a fit on a CUDA GPU adds: the CUDA runtime, cuBLAS and the compiled kernels
+# (one measurement: the 6-stack subject on an H100 peaked at 3.88 GB, on 2 CPU threads at
+# 2.18 GB, 0.55 GB of the difference its 16 threads)
+CUDA_HOST_BYTES = int(1.2 * 2**30)
 ADAM_COPIES = 4  # weights, gradients, two moment estimates
 DISK_FACTOR = 1.5  # float32 outputs, gzip rarely helps much on noisy volumes; sidecars, mask
 DISK_MARGIN = 64 * 2**20  # report, figures, QC files
@@ -113,18 +119,20 @@ class MemoryPlan:
     fits: bool
 
 
-def plan_memory(need: Estimate, spec: ModelSpec, n_profile: int,
-                mem_gb: float | None = None) -> MemoryPlan:
+def plan_memory(need: Estimate, spec: ModelSpec, n_profile: int, mem_gb: float | None = None,
+                workers: int = 1, cuda: bool = False) -> MemoryPlan:
     """Fit the training batch and inference chunk to ``mem_gb``.
 
-    Fixed costs (runtime, samples, model with Adam state, output volumes) come first; half
-    of what is left goes to one training step's activations (forward and backward, each
-    sample evaluated at ``n_profile`` points through its slab) or one inference chunk.
-    Without ``mem_gb`` the model's batch size and :data:`DEFAULT_CHUNK`-voxel chunks are used. The
-    data-consistency step (one contrast at a time, stacks re-simulated in chunks; the
-    training samples are freed by then) is the other candidate for the peak.
+    Fixed costs (runtime, :data:`CUDA_HOST_BYTES` more for a fit on a GPU (``cuda``),
+    samples, model with Adam state, output volumes) come first; half of what is left goes
+    to one training step's activations (forward and backward, each sample evaluated at
+    ``n_profile`` points through its slab) or one inference chunk. Without ``mem_gb`` the
+    model's batch size and :data:`DEFAULT_CHUNK`-voxel chunks are used. The data-consistency
+    step (one contrast at a time, stacks re-simulated in chunks, one chunk per thread of
+    ``workers``; the training samples are freed by then) is the other candidate for the peak.
     """
-    persistent = (RUNTIME_BYTES + ADAM_COPIES * 4 * parameter_count(spec, need.n_contrasts)
+    runtime = RUNTIME_BYTES + (CUDA_HOST_BYTES if cuda else 0)
+    persistent = (runtime + ADAM_COPIES * 4 * parameter_count(spec, need.n_contrasts)
                   + need.output_voxels * (BYTES_PER_VOXEL + BYTES_PER_VOXEL_CONTRAST * need.n_contrasts))
     fixed = persistent + need.samples * BYTES_PER_SAMPLE  # the samples live until training ends
     per_eval = evaluation_bytes(spec, need.n_contrasts)
@@ -136,7 +144,7 @@ def plan_memory(need: Estimate, spec: ModelSpec, n_profile: int,
         batch = int(min(spec.batch_size, max(MIN_BATCH, spare // per_sample)))
         chunk = int(np.clip(spare // per_eval, MIN_CHUNK, MAX_CHUNK))
     consistency = (need.output_voxels * CONSISTENCY_BYTES_PER_VOXEL
-                   + min(need.samples, RESIMULATE_CHUNK) * CONSISTENCY_BYTES_PER_SAMPLE)
+                   + workers * min(need.samples, RESIMULATE_CHUNK) * CONSISTENCY_BYTES_PER_SAMPLE)
     peak = max(fixed + max(batch * per_sample, chunk * per_eval), persistent + consistency)
     return MemoryPlan(batch, chunk, int(peak), mem_gb is None or peak <= mem_gb * GB)
 
@@ -184,15 +192,16 @@ def check_disk(output_dir: Path, need: Estimate) -> None:
 
 
 def check_memory(mem_gb: float | None, need: Estimate, spec: ModelSpec, n_profile: int,
-                 first_file: str) -> MemoryPlan:
-    """Plan memory for ``--mem-gb`` and raise when even the smallest batch cannot fit.
+                 first_file: str, workers: int = 1, cuda: bool = False) -> MemoryPlan:
+    """Plan memory for ``--mem-gb`` (``workers`` and ``cuda`` as in :func:`plan_memory`) and
+    raise when even the smallest batch cannot fit.
 
     Raises
     ------
     InputError
         Naming the subject's first input, both sizes and the fix.
     """
-    plan = plan_memory(need, spec, n_profile, mem_gb)
+    plan = plan_memory(need, spec, n_profile, mem_gb, workers, cuda)
     if not plan.fits:
         raise InputError(first_file, f"training on {need.samples} samples and "
                          f"{need.output_voxels} output voxels needs about "

@@ -229,7 +229,7 @@ def _train(problem: _Problem, config: SRConfig, device: torch.device, progress, 
              spec.name, len(samples), "/".join(problem.contrasts), describe(device),
              problem.grid.shape, float(problem.grid.spacing[0]))
     plan = plan_memory(Estimate(len(samples), problem.grid.n_voxels, len(problem.contrasts)), spec,
-                       samples.n_profile, config.mem_gb)
+                       samples.n_profile, config.mem_gb, torch.get_num_threads(), device.type == "cuda")
     if plan.batch_size < spec.batch_size:
         log.info("--mem-gb %g: training batches of %d samples instead of %d", config.mem_gb,
                  plan.batch_size, spec.batch_size)

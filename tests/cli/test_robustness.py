@@ -166,6 +166,21 @@ def test_memory_plan_adapts_batch_and_chunk_to_mem_gb():
     assert resources.plan_memory(need, paper, 5, mem_gb=2.4).batch_size < 1000
 
 
+def test_memory_plan_counts_the_threads_and_the_gpu():
+    six = resources.Estimate(samples=19_464_657, output_voxels=8_675_289, n_contrasts=4)  # bench_scale row 3
+    fast = model_spec("fast")
+    cpu = resources.plan_memory(need=six, spec=fast, n_profile=5, workers=2)
+    gpu = resources.plan_memory(need=six, spec=fast, n_profile=5, workers=16, cuda=True)
+    # measured peaks: the whole participant level on 2 CPU cores, the bare fit on an H100
+    assert cpu.peak_bytes >= 3.48 * resources.GB and gpu.peak_bytes >= 3.88 * resources.GB
+    on_cpu = resources.plan_memory(six, fast, 5, workers=16).peak_bytes
+    assert gpu.peak_bytes - on_cpu == resources.CUDA_HOST_BYTES
+    assert on_cpu == cpu.peak_bytes  # training leads: the threads' re-simulation chunks fit beside it
+    few = resources.Estimate(samples=300_000, output_voxels=8_000_000, n_contrasts=2)  # re-simulation leads
+    one, many = (resources.plan_memory(few, fast, 5, workers=w).peak_bytes for w in (1, 16))
+    assert 0 < many - one <= 15 * resources.RESIMULATE_CHUNK * resources.CONSISTENCY_BYTES_PER_SAMPLE
+
+
 def test_parameter_count_matches_the_built_model():
     for name in ("fast", "paper"):
         spec = model_spec(name)
