@@ -49,7 +49,8 @@ log = logging.getLogger("bids_mcsr")
 
 # foreground voxels per slice (median) of every thick stack from which slab widths learn by
 # default (learns_profiles): set between 64-80 mm crops of a head (4-6.5 thousand, where
-# learned widths cost up to 2 dB) and whole 1 mm heads (12-14 thousand, where they paid)
+# learned widths are no gain: -0.9 to +1.2 dB by row) and whole 1 mm heads (12-14 thousand,
+# where they paid)
 WIDTH_MIN_SLICE_VOXELS = 9_000
 
 
@@ -169,9 +170,10 @@ def learns_profiles(stacks: Sequence[Stack], choice: bool | str, masks: Sequence
     template stacks (12-14 thousand) the widths learned on the held-out slices came out
     at 0.6-1.05 mm for 1 mm thin slices whatever the header said (thin slices declared 4 mm
     thick: +0.7 / +0.8 dB over cubic interpolation with the header's slab, +4.7 / +6.8 dB
-    learned); on 64-80 mm crops of a head (4-6.5 thousand) they ran to the slice spacing and
-    cost up to 2 dB (docs/evaluation.md; measured while a width that crossed its bound stayed
-    there, before :meth:`~bids_mcsr.inr.acquisition_fit.StackAcquisition.keep_widths_in_bounds`).
+    learned); on 64-80 mm crops of a head (4-6.5 thousand) learning them is no gain over the
+    whole robustness table (mean -0.06 to +0.01 dB; +1.2 dB on thin slices declared 4 mm,
+    -0.3 to -0.9 dB with three contrasts or a 3D scan guiding, where the held-out slices
+    pick too narrow a slab; docs/evaluation.md).
     """
     if choice != "auto":
         return bool(choice)
