@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fit each stack's slab width on held-out slices, from the modelled one "
                     "(docs/method.md): auto (default) when a stack's SliceThickness leaves gaps "
                     "between its slices or every thick stack's slices span a head (9000 foreground "
-                    "voxels), on, or off")
+                    "voxels) and there are at most two contrasts, on, or off")
     sr.add_argument("--pose-fit", choices=["auto", "on", "off"],
                     help="refine each stack's rigid pose (on top of registration) during the fit: "
                     "auto (the fast model's default) when a stack looks misaligned by 1 mm or more "

@@ -52,6 +52,9 @@ log = logging.getLogger("bids_mcsr")
 # learned widths are no gain: -0.9 to +1.2 dB by row) and whole 1 mm heads (12-14 thousand,
 # where they paid)
 WIDTH_MIN_SLICE_VOXELS = 9_000
+# contrasts up to which whole-head slices learn their slab widths by default: with three
+# (and with a 3D scan among them) the held-out slices pick too narrow a slab
+WIDTH_MAX_CONTRASTS = 2
 
 
 def contrasts_of(stacks: Sequence[Stack]) -> list[str]:
@@ -166,7 +169,11 @@ def learns_profiles(stacks: Sequence[Stack], choice: bool | str, masks: Sequence
     gaps between its slices (:func:`~bids_mcsr.acquisition.slice_profile.header_declares_gap`),
     where the modelled slab is the header's guess at its narrowest, and when every thick
     stack's slices hold at least :data:`WIDTH_MIN_SLICE_VOXELS` foreground voxels (median
-    over its slices, ``masks`` its foreground): slices that span a head. On whole-head 1 mm
+    over its slices, ``masks`` its foreground: slices that span a head) and the fit has at
+    most :data:`WIDTH_MAX_CONTRASTS` contrasts. With three contrasts, on whole heads and
+    crops, the learned widths came out narrow (1.8-2.6 mm for a 4 mm rectangular slab) and
+    cost 0.1-0.9 dB against the headers' (14 of 15 contrasts and cases; FLAIR -0.8 dB with a
+    3D T1w guiding two axial stacks; docs/evaluation.md). On whole-head 1 mm
     template stacks (12-14 thousand) the widths learned on the held-out slices came out
     at 0.6-1.05 mm for 1 mm thin slices whatever the header said (thin slices declared 4 mm
     thick: +0.7 / +0.8 dB over cubic interpolation with the header's slab, +4.7 / +6.8 dB
@@ -178,10 +185,15 @@ def learns_profiles(stacks: Sequence[Stack], choice: bool | str, masks: Sequence
     if choice != "auto":
         return bool(choice)
     thick = [slice_foreground(s, m) for s, m in zip(stacks, masks) if not s.is_isotropic]
+    n_contrasts = len(contrasts_of(stacks))
     if thick and min(thick) >= WIDTH_MIN_SLICE_VOXELS:
-        log.info("every thick stack's slices span at least %d foreground voxels: learning the "
-                 "stacks' slab widths during the fit", WIDTH_MIN_SLICE_VOXELS)
-        return True
+        if n_contrasts <= WIDTH_MAX_CONTRASTS:
+            log.info("every thick stack's slices span at least %d foreground voxels: learning the "
+                     "stacks' slab widths during the fit", WIDTH_MIN_SLICE_VOXELS)
+            return True
+        log.info("%d contrasts: the slab widths stay the headers' unless a header declares gaps "
+                 "(with more than %d, widths learned on held-out slices come out too narrow)",
+                 n_contrasts, WIDTH_MAX_CONTRASTS)
     gaps = [s for s in stacks if header_declares_gap(s)]
     for s in gaps:
         log.info("%s: SliceThickness %.2f mm leaves gaps between slices %.2f mm apart: "

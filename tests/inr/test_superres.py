@@ -1,6 +1,7 @@
 """The INR core on a truth-known phantom: it trains, beats cubic interpolation, stops on MI,
 and is deterministic for a seed."""
 
+import dataclasses
 import time
 
 import numpy as np
@@ -21,6 +22,7 @@ from bids_mcsr.inr.presets import model_spec
 from bids_mcsr.inr.sampling import build_samples, stack_masks_and_scalers
 from bids_mcsr.inr.stopping import mean_pairwise_mi, mi_plateaued
 from bids_mcsr.inr.superres import (
+    WIDTH_MAX_CONTRASTS,
     WIDTH_MIN_SLICE_VOXELS,
     learns_profiles,
     refines_poses,
@@ -261,3 +263,10 @@ def test_slab_widths_are_learned_where_every_thick_stack_spans_a_head(phantom):
     assert learns_profiles(wide, "auto", wide_masks) is True
     assert learns_profiles([wide[0], t2], "auto", [wide_masks[0], big[1]]) is False  # one crop
     assert learns_profiles(wide, False, wide_masks) is False
+    # a third contrast: the headers' widths, unless a header declares gaps or widths are asked for
+    flair = dataclasses.replace(wide[1], contrast="FLAIR")
+    assert WIDTH_MAX_CONTRASTS == 2
+    assert learns_profiles([*wide, flair], "auto", [*wide_masks, wide_masks[1]]) is False
+    assert learns_profiles([*wide, flair], True, [*wide_masks, wide_masks[1]]) is True
+    gapped = dataclasses.replace(flair, slice_thickness=flair.slice_spacing / 2)
+    assert learns_profiles([*wide, gapped], "auto", [*wide_masks, wide_masks[1]]) is True
