@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bids_mcsr.acquisition.slice_profile import slab_fwhm, widest_slab_mm
+from bids_mcsr.acquisition.slice_profile import header_too_thick, slab_fwhm, widest_slab_mm
 from bids_mcsr.image.geometry import CoordinateFrame, stack_corners
 from bids_mcsr.image.io import Stack
 
@@ -57,13 +57,10 @@ class FittedAcquisition:
 
     def apply(self, stack: Stack) -> Stack:
         """``stack`` as back-projection and scoring see it: the corrected affine, and the slab
-        FWHM the fit modelled, but never wider than the one it started from, the header's
-        (:func:`initial_fwhm`): a learned width is the held-out slices' preference and runs
-        wide (to the slice spacing on thin slices with gaps), and a slab modelled too wide
-        makes back-projection sharpen what was never blurred."""
+        FWHM the fit modelled, but never wider than the header's (:func:`widest_learned_fwhm`)."""
         moved = stack.with_affine(self.correction @ stack.affine)
         if self.fwhm_mm is not None:
-            moved.slab_fwhm_mm = min(self.fwhm_mm, initial_fwhm(stack))
+            moved.slab_fwhm_mm = min(self.fwhm_mm, widest_learned_fwhm(stack))
         return moved
 
     @property
@@ -83,6 +80,22 @@ def initial_fwhm(stack: Stack) -> float:
     """The slab FWHM (mm) a stack's fit starts from: the header's
     (:func:`~bids_mcsr.acquisition.slice_profile.slab_fwhm`) within :func:`profile_bounds`."""
     return float(np.clip(slab_fwhm(stack), *profile_bounds(stack)))
+
+
+def widest_learned_fwhm(stack: Stack) -> float:
+    """The widest learned slab FWHM (mm) back-projection and scoring take from a fit.
+
+    The one the fit started from, the header's (:func:`initial_fwhm`): a learned width is the
+    held-out slices' preference and runs wide (to the slice spacing on thin slices with gaps),
+    and a slab modelled too wide makes back-projection sharpen what was never blurred. Where
+    the header declares a slab thicker than the slice spacing allows
+    (:func:`~bids_mcsr.acquisition.slice_profile.header_too_thick`: overlapping slabs), the
+    start is the cap, not the header, and the learned width is taken up to its own bound
+    (the spacing): on the whole-head overlap row (6 mm rectangular slabs every 4 mm, a
+    variance-equivalent FWHM of 4.1 mm) the widths learned 4.0 mm and the cap at 2.72 mm left
+    the output below the network with 3 plain rounds of back-projection (docs/evaluation.md).
+    """
+    return profile_bounds(stack)[1] if header_too_thick(stack) else initial_fwhm(stack)
 
 
 def _skew(v: torch.Tensor) -> torch.Tensor:

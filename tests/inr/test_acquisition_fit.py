@@ -121,6 +121,22 @@ def test_back_projection_and_scoring_see_the_slab_the_fit_modelled():
     assert [f.fwhm_mm for f in learned.fitted()] == pytest.approx([1.5, 3.5], abs=1e-5)  # reported
 
 
+def test_a_header_thicker_than_the_spacing_lets_back_projection_take_the_learned_width():
+    """Overlapping slabs (SliceThickness 6 mm every 4 mm): the fit starts from the cap (2.72
+    mm), below the truth, so a wider learned width is what back-projection gets, up to the
+    width's own bound; a header within the spacing still caps it (previous test)."""
+    ax, cor = stacks()
+    overlapping = Stack(ax.data, ax.affine, "T1w", "ax.nii.gz", 6.0)
+    acq = StackAcquisition([overlapping, cor], CoordinateFrame.from_stacks([overlapping, cor]),
+                           [True, True], True, False, 0)
+    assert acq.fitted()[0].fwhm_mm == pytest.approx(4.0 * SLAB_FWHM_OF_THICKNESS, abs=1e-4)
+    with torch.no_grad():
+        acq.log_width[:] = torch.log(torch.tensor([3.9, 3.5]))
+    placed = [f.apply(s) for f, s in zip(acq.fitted(), (overlapping, cor))]
+    assert slab_fwhm(placed[0]) == pytest.approx(3.9, abs=1e-5)
+    assert slab_fwhm(placed[1]) == pytest.approx(4.0 * SLAB_FWHM_OF_THICKNESS, abs=1e-5)
+
+
 def test_a_width_stepped_past_its_bound_is_put_back_and_can_leave_it():
     """A step past a bound lands on the bound, where the width still has a gradient (a clip
     inside the forward model gave none, and the width stayed at its bound for good)."""
