@@ -56,17 +56,17 @@ def main() -> None:
     res = super_resolve(stacks, SRConfig(seed=args.seed, threads=args.threads, keep_network_output=True,
                                          consistency_iterations=0), grid=grid)
     placed = fitted_stacks(stacks, res)
+    own = {c: [s for s in placed if s.contrast == c] for c in thick}
+    noise = {"plain": {c: None for c in thick},
+             "gated": {c: [estimate_noise(s) for s in own[c]] for c in thick}}
     starts = {"net": res.network_volumes, "guided": res.volumes}
     variants = {}
     for start, volumes in starts.items():
         variants[start] = {c: volumes[c] for c in thick}
-        for gate in ("plain", "gated"):
-            variants[f"{start}+{gate}"] = {}
-            for c in thick:
-                own = [s for s in placed if s.contrast == c]
-                noise = [estimate_noise(s) for s in own] if gate == "gated" else None
-                variants[f"{start}+{gate}"][c] = enforce_consistency(volumes[c], grid, own, "gaussian",
-                                                                     ROUNDS, noise=noise)
+        for gate, sigmas in noise.items():
+            variants[f"{start}+{gate}"] = {c: enforce_consistency(volumes[c], grid, own[c], "gaussian",
+                                                                  ROUNDS, noise=sigmas[c])
+                                           for c in thick}
     rim = max(1, round(args.inner_mm / float(grid.spacing.min())))
     inner = ndimage.binary_erosion(mask, iterations=rim)
     print(f"{row.name}, {args.case}, seed {args.seed}: PSNR (dB) in the head | inside it "

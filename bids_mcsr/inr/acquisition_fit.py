@@ -95,7 +95,7 @@ def widest_learned_fwhm(stack: Stack) -> float:
     variance-equivalent FWHM of 4.1 mm) the widths learned 4.0 mm and the cap at 2.72 mm left
     the output below the network with 3 plain rounds of back-projection (docs/evaluation.md).
     """
-    return profile_bounds(stack)[1] if header_too_thick(stack) else initial_fwhm(stack)
+    return widest_slab_mm(stack) if header_too_thick(stack) else initial_fwhm(stack)
 
 
 def _skew(v: torch.Tensor) -> torch.Tensor:
