@@ -22,12 +22,14 @@ method, every number the mean over ``--seeds`` with the spread (max - min) besid
   SliceThickness as it is, as before the cap of ``slice_profile.slab_fwhm``);
 * ``slab=X``: a refit with the modelled FWHM X times the header's thickness.
 
-Scored inside the truth's head mask on the truth's range (``bids_mcsr.image.metrics``), for every
-contrast acquired thick-slice. The truth is a central crop of the 1 mm ICBM 2009a template
-(``--crop``, 64 x 80 x 64 mm by default) so that the whole table fits in well under an hour
-on 2 CPU cores (run two halves of the rows side by side with ``--threads 1``). ``--case real``
-takes a real subject's anatomy instead (``cases.real_anatomy_truth``: the rorden T1w at 0.88 mm
-and contrasts from its own tissue classes; ``--crop 72,90,72`` is the same 64 x 80 x 64 mm).
+Scored inside the truth's head mask and inside its brain (``cases.BRAINS``: the issue scores
+there; the template is skull-stripped, the real subject's scalp and skull are not) on the truth's
+range (``bids_mcsr.image.metrics``), for every contrast acquired thick-slice. The truth is a
+central crop of the 1 mm ICBM 2009a template (``--crop``, 64 x 80 x 64 mm by default) so that
+the whole table fits in well under an hour on 2 CPU cores (run two halves of the rows side by
+side with ``--threads 1``). ``--case real`` takes a real subject's anatomy instead
+(``cases.real_anatomy_truth``: the rorden T1w at 0.88 mm and contrasts from its own tissue
+classes; ``--crop 72,90,72`` is the same 64 x 80 x 64 mm).
 
 Usage::
 
@@ -52,7 +54,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from acquisitions import THIN_MM, Acquisition, make_stacks, rows  # noqa: E402
-from cases import CASE_HELP, CASES  # noqa: E402
+from cases import BRAINS, CASE_HELP, CASES  # noqa: E402
 
 from bids_mcsr.acquisition import slice_profile  # noqa: E402
 from bids_mcsr.acquisition.backprojection import enforce_consistency  # noqa: E402
@@ -66,8 +68,15 @@ from bids_mcsr.inr.superres import super_resolve  # noqa: E402
 ROUNDS = 3
 
 
-def scores(volumes: dict, truth: dict, mask: np.ndarray, contrasts: list[str]) -> dict:
-    return {c: {"psnr": psnr(volumes[c], truth[c], mask), "ssim": ssim(volumes[c], truth[c], mask)}
+METRICS = ("psnr", "ssim", "psnr_brain", "ssim_brain")  # in the head; in the brain
+
+
+def scores(volumes: dict, truth: dict, masks: tuple[np.ndarray, np.ndarray], contrasts: list[str]) -> dict:
+    """PSNR and SSIM of each contrast in the head and in the brain (``masks``)."""
+    head, brain = masks
+    return {c: {"psnr": psnr(volumes[c], truth[c], head), "ssim": ssim(volumes[c], truth[c], head),
+                "psnr_brain": psnr(volumes[c], truth[c], brain),
+                "ssim_brain": ssim(volumes[c], truth[c], brain)}
             for c in contrasts}
 
 
@@ -121,28 +130,31 @@ def fitted(result, stacks: list[Stack], row: Acquisition, moved: dict) -> dict:
                      for s, a in zip(stacks, result.acquisition) for name in [s.name] if name in moved}}
 
 
-def run_row(row: Acquisition, seed: int, case, methods: list[str], threads: int) -> dict:
-    """Every method on one acquisition row for one seed (refits only for ``methods``)."""
+def run_row(row: Acquisition, seed: int, case, brain: np.ndarray, methods: list[str],
+            threads: int) -> dict:
+    """Every method on one acquisition row for one seed (refits only for ``methods``), scored
+    in the case's head and in its ``brain``."""
     truth, affine, mask = case
+    masks = (mask, brain)
     grid = Grid(truth["T1w"].shape, affine)
     stacks, moved = make_stacks(row, truth, affine, mask, seed)
     thick = list(dict.fromkeys(s.contrast for s in stacks if not s.is_isotropic))
     by_c = {c: [s for s in stacks if s.contrast == c] for c in dict.fromkeys(s.contrast for s in stacks)}
     out: dict = {"methods": {}, "seconds": {}}
     cubic = {c: cubic_baseline(own, grid) for c, own in by_c.items()}
-    out["methods"]["cubic"] = scores(cubic, truth, mask, thick)
+    out["methods"]["cubic"] = scores(cubic, truth, masks, thick)
     cbp = {c: enforce_consistency(cubic[c], grid, by_c[c], "gaussian", ROUNDS) for c in thick}
-    out["methods"]["cubic+bp"] = scores(cbp, truth, mask, thick)
+    out["methods"]["cubic+bp"] = scores(cbp, truth, masks, thick)
     t0 = time.perf_counter()
     res = super_resolve(stacks, SRConfig(seed=seed, threads=threads, keep_network_output=True), grid=grid)
     out["seconds"]["default"] = time.perf_counter() - t0
-    out["methods"]["default"] = scores(res.volumes, truth, mask, thick)
-    out["methods"]["net"] = scores(res.network_volumes, truth, mask, thick)
+    out["methods"]["default"] = scores(res.volumes, truth, masks, thick)
+    out["methods"]["net"] = scores(res.network_volumes, truth, masks, thick)
     placed = fitted_stacks(stacks, res)
     bp3 = {c: enforce_consistency(res.network_volumes[c], grid,
                                   [p for p in placed if p.contrast == c], "gaussian", ROUNDS)
            for c in thick}
-    out["methods"]["bp3"] = scores(bp3, truth, mask, thick)
+    out["methods"]["bp3"] = scores(bp3, truth, masks, thick)
     out["rounds"] = {c: res.validation[c].get("consistency_rounds") for c in thick}
     out["heldout_gain"] = {c: res.validation[c]["gain_db"] for c in thick}
     out.update(fitted(res, stacks, row, moved))
@@ -152,41 +164,41 @@ def run_row(row: Acquisition, seed: int, case, methods: list[str], threads: int)
         alt = super_resolve(stacks, SRConfig(seed=seed, threads=threads, learn_profile=False,
                                              refine_registration=False, holdout_fraction=0.0),
                             grid=grid)
-        out["methods"]["previous"] = scores(alt.volumes, truth, mask, thick)
+        out["methods"]["previous"] = scores(alt.volumes, truth, masks, thick)
     if "fixed-profile" in methods:
         alt = super_resolve(stacks, SRConfig(seed=seed, threads=threads, learn_profile=False), grid=grid)
-        out["methods"]["fixed-profile"] = scores(alt.volumes, truth, mask, thick)
+        out["methods"]["fixed-profile"] = scores(alt.volumes, truth, masks, thick)
     if "uncapped" in methods:
         with slab_model(cap=np.inf):
             alt = super_resolve(stacks, SRConfig(seed=seed, threads=threads), grid=grid)
-        out["methods"]["uncapped"] = scores(alt.volumes, truth, mask, thick)
+        out["methods"]["uncapped"] = scores(alt.volumes, truth, masks, thick)
     for method in (m for m in methods if m.startswith("slab=")):
         with slab_model(scale=float(method.split("=")[1])):
             alt = super_resolve(stacks, SRConfig(seed=seed, threads=threads), grid=grid)
-        out["methods"][method] = scores(alt.volumes, truth, mask, thick)
+        out["methods"][method] = scores(alt.volumes, truth, masks, thick)
     if "pose-fit" in methods and moved:
         alt = super_resolve(stacks, SRConfig(seed=seed, threads=threads, refine_registration=True),
                             grid=grid)
-        out["methods"]["pose-fit"] = scores(alt.volumes, truth, mask, thick)
+        out["methods"]["pose-fit"] = scores(alt.volumes, truth, masks, thick)
         out["refits"]["pose-fit"] = fitted(alt, stacks, row, moved)
     if "profile-fit" in methods:
         alt = super_resolve(stacks, SRConfig(seed=seed, threads=threads, learn_profile=True), grid=grid)
-        out["methods"]["profile-fit"] = scores(alt.volumes, truth, mask, thick)
+        out["methods"]["profile-fit"] = scores(alt.volumes, truth, masks, thick)
         out["refits"]["profile-fit"] = fitted(alt, stacks, row, moved)
     for method in (m for m in methods if m.startswith("finest=")):
         alt = super_resolve(stacks, SRConfig(seed=seed, threads=threads,
                                              finest_mm=float(method.split("=")[1])), grid=grid)
-        out["methods"][method] = scores(alt.volumes, truth, mask, thick)
+        out["methods"][method] = scores(alt.volumes, truth, masks, thick)
     for method in (m for m in methods if m.startswith("epochs=")):
         t0 = time.perf_counter()
         alt = super_resolve(stacks, SRConfig(seed=seed, threads=threads,
                                              epochs=int(method.split("=")[1])), grid=grid)
         out["seconds"][method] = time.perf_counter() - t0
-        out["methods"][method] = scores(alt.volumes, truth, mask, thick)
+        out["methods"][method] = scores(alt.volumes, truth, masks, thick)
     if "fixed-pose" in methods and moved:
         alt = super_resolve(stacks, SRConfig(seed=seed, threads=threads, refine_registration=False),
                             grid=grid)
-        out["methods"]["fixed-pose"] = scores(alt.volumes, truth, mask, thick)
+        out["methods"]["fixed-pose"] = scores(alt.volumes, truth, masks, thick)
     return out
 
 
@@ -198,7 +210,7 @@ def summarise(results: list[dict]) -> dict:
         summary[method] = {}
         for c in results[0]["methods"][method]:
             summary[method][c] = {}
-            for m in ("psnr", "ssim"):
+            for m in METRICS:
                 vals = [r["methods"][method][c][m] for r in ran]
                 summary[method][c][m] = (float(np.mean(vals)), float(np.max(vals) - np.min(vals)))
     return summary
@@ -210,8 +222,11 @@ def print_row(name: str, summary: dict) -> None:
         cells = []
         for c, v in per_c.items():
             gain = v["psnr"][0] - cubic[c]["psnr"][0]
+            brain = v["psnr_brain"][0] - cubic[c]["psnr_brain"][0]
             cells.append(f"{c} {v['psnr'][0]:.2f}±{v['psnr'][1]:.2f} ({gain:+.2f}) "
-                         f"{v['ssim'][0]:.4f}±{v['ssim'][1]:.4f}")
+                         f"{v['ssim'][0]:.4f}±{v['ssim'][1]:.4f} brain "
+                         f"{v['psnr_brain'][0]:.2f}±{v['psnr_brain'][1]:.2f} ({brain:+.2f}) "
+                         f"{v['ssim_brain'][0]:.4f}")
         print(f"  {name:<48} {method:<14} " + " | ".join(cells), flush=True)
 
 
@@ -232,16 +247,17 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(a.threads)
     crop = tuple(int(v) for v in a.crop.split(","))
-    case = CASES[a.case](crop)
+    case, brain = CASES[a.case](crop), BRAINS[a.case](crop)
     all_rows = rows()
     picked = [all_rows[int(i)] for i in a.rows.split(",")] if a.rows else all_rows
     seeds = [int(s) for s in a.seeds.split(",")]
     methods = a.methods.split(",") if a.methods else []
     report = []
-    print("row | method | per contrast: PSNR mean±spread (gain over cubic) SSIM mean±spread")
+    print("row | method | per contrast: PSNR mean±spread (gain over cubic) SSIM mean±spread, "
+          "the same in the brain")
     for row in picked:
         method_seeds = {int(v) for v in a.method_seeds.split(",")}
-        results = [run_row(row, seed, case, methods if seed in method_seeds else [], a.threads)
+        results = [run_row(row, seed, case, brain, methods if seed in method_seeds else [], a.threads)
                    for seed in seeds]
         summary = summarise(results)
         print_row(row.name, summary)

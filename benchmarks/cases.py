@@ -90,16 +90,38 @@ def temporary_tempdir() -> Iterator[None]:
             tempfile.tempdir = before
 
 
+def real_t1() -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """The rorden T1w reoriented to RAS: voxels, affine and voxel sizes (mm)."""
+    path = SHARED / "rorden" / "chris_t1.nii.gz"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found (the real-anatomy case needs ../shared/data)")
+    img = nib.as_closest_canonical(nib.load(str(path)))
+    return (np.asarray(img.get_fdata(), np.float32), img.affine,
+            tuple(float(z) for z in img.header.get_zooms()[:3]))
+
+
+def tissue_classes(t1: np.ndarray, mask: np.ndarray,
+                   spacing: tuple[float, float, float]) -> tuple[np.ndarray, ...]:
+    """CSF, grey and white matter posteriors of ``t1`` inside ``mask`` (ANTs Atropos, Otsu
+    initialised, 3 classes ordered by mean T1, no MRF prior: with one, the classes differed
+    from run to run, whatever the seed and threads)."""
+    import ants
+
+    with temporary_tempdir():  # Atropos leaves its probability images in the temp directory
+        seg = ants.atropos(a=ants.from_numpy(t1, spacing=spacing),
+                           x=ants.from_numpy(mask.astype(np.float32), spacing=spacing),
+                           i="Otsu[3]", m="[0,1x1x1]", c="[5,0]")
+    return tuple(p.numpy().astype(np.float32) for p in seg["probabilityimages"])
+
+
 def real_anatomy_truth(crop: tuple[int, int, int]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """A central ``crop`` (voxels of 0.88 mm) of the real rorden T1w, reoriented to RAS, with
     T2w- and FLAIR-like contrasts from its own tissue classes.
 
-    The classes are ANTs Atropos posteriors (Otsu initialised, 3 classes: CSF, grey and
-    white matter, no MRF prior: with one, the classes differed from run to run, whatever the
-    seed and threads) inside the crop's foreground; each derived contrast is a
-    mix of the three posteriors with the weights of ``phantom.mni_truth`` (the template
-    case's contrasts), so it keeps this subject's boundaries, partial volumes and fine
-    folding. The T1w is the acquisition itself, its noise included.
+    The classes are :func:`tissue_classes` inside the crop's foreground; each derived
+    contrast is a mix of the three posteriors with the weights of ``phantom.mni_truth`` (the
+    template case's contrasts), so it keeps this subject's boundaries, partial volumes and
+    fine folding. The T1w is the acquisition itself, its noise included.
 
     Returns
     -------
@@ -110,26 +132,35 @@ def real_anatomy_truth(crop: tuple[int, int, int]) -> tuple[dict[str, np.ndarray
     mask : numpy.ndarray
         The foreground scored (T1w above 5 % of its maximum).
     """
-    import ants
-
-    path = SHARED / "rorden" / "chris_t1.nii.gz"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found (the real-anatomy case needs ../shared/data)")
-    img = nib.as_closest_canonical(nib.load(str(path)))
-    cropped, affine = central_crop({"T1w": np.asarray(img.get_fdata(), np.float32)}, img.affine, crop)
+    full, full_affine, spacing = real_t1()
+    cropped, affine = central_crop({"T1w": full}, full_affine, crop)
     t1 = cropped["T1w"]
     mask = head_mask(t1)
-    spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
-    with temporary_tempdir():  # Atropos leaves its probability images in the temp directory
-        seg = ants.atropos(a=ants.from_numpy(t1, spacing=spacing),
-                           x=ants.from_numpy(mask.astype(np.float32), spacing=spacing),
-                           i="Otsu[3]", m="[0,1x1x1]", c="[5,0]")
-        csf, gm, wm = (p.numpy().astype(np.float32) for p in seg["probabilityimages"])  # by mean T1
+    csf, gm, wm = tissue_classes(t1, mask, spacing)
     scale = 1000.0 / float(np.percentile(t1[mask], 99.5))
     vols = {"T1w": scale * t1,
             "T2w": 800 * (1.0 * csf + 0.55 * gm + 0.3 * wm) * mask,
             "FLAIR": 700 * (0.1 * csf + 0.8 * gm + 0.55 * wm) * mask}
     return vols, affine, mask
+
+
+def real_anatomy_brain(crop: tuple[int, int, int]) -> np.ndarray:
+    """The brain of :func:`real_anatomy_truth`'s crop (cerebrum, cerebellum and brainstem;
+    scalp, skull and neck left out), where the issue scores.
+
+    Found on the whole head, then cropped: grey plus white matter (:func:`tissue_classes`
+    above one half), eroded by 3 voxels to part it from the scalp, its largest component
+    dilated back, closed over 6 voxels and its holes (ventricles) filled (ANTs ``iMath``).
+    """
+    import ants
+
+    t1, affine, spacing = real_t1()
+    head = head_mask(t1)
+    _, gm, wm = tissue_classes(t1, head, spacing)
+    tissue = ants.from_numpy(((gm + wm) > 0.5).astype(np.float32), spacing=spacing)
+    core = ants.iMath(ants.iMath(tissue, "ME", 3), "GetLargestComponent")
+    brain = ants.iMath(ants.iMath(ants.iMath(core, "MD", 3), "MC", 6), "FillHoles").numpy() > 0.5
+    return central_crop({"brain": brain & head}, affine, crop)[0]["brain"]
 
 
 def template_case(crop: tuple[int, int, int]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
@@ -140,6 +171,9 @@ def template_case(crop: tuple[int, int, int]) -> tuple[dict[str, np.ndarray], np
 
 
 CASES = {"template": template_case, "real": real_anatomy_truth}  # --case: the truth's builder
+# --case: the brain scored beside the head; the template (nilearn's ICBM 2009a) is skull-stripped,
+# so its head mask is its brain
+BRAINS = {"template": lambda crop: template_case(crop)[2], "real": real_anatomy_brain}
 CASE_HELP = ("template: the ICBM 2009a crop (1 mm); real: the rorden subject's T1w and contrasts "
              "from its tissue classes (0.88 mm, needs ../shared/data)")
 

@@ -4,6 +4,8 @@ in several files is taken from the last.
 ``--before FILE ...``: files of an earlier release whose ``default`` column is shown beside
 this one's as ``before`` (its mean over the seeds it ran). ``--refits NAME ...``: refit
 methods of the files (e.g. ``pose-fit``) shown as their gain over cubic, ``-`` where not run.
+``--region brain``: the scores inside the brain (files written since they were kept) instead
+of the head.
 
 Usage::
 
@@ -20,10 +22,11 @@ from pathlib import Path
 METHODS = ("cubic", "cubic+bp", "net", "bp3", "default")
 
 
-def cell(summary: dict, method: str, contrast: str) -> str:
+def cell(summary: dict, method: str, contrast: str, region: str) -> str:
     if method not in summary or contrast not in summary[method]:
         return "-"
-    (p, dp), (s, _) = summary[method][contrast]["psnr"], summary[method][contrast]["ssim"]
+    (p, dp), (s, _) = (summary[method][contrast]["psnr" + region],
+                       summary[method][contrast]["ssim" + region])
     spread = f" ±{dp:.2f}" if dp else ""
     return f"{p:.2f}{spread} / {s:.3f}"
 
@@ -32,10 +35,11 @@ def rows_of(paths: list[Path]) -> dict[str, dict]:
     return {r["row"]: r for p in paths for r in json.loads(p.read_text())["rows"]}
 
 
-def gain(summary: dict, method: str, contrast: str) -> str:
+def gain(summary: dict, method: str, contrast: str, region: str = "") -> str:
     if method not in summary:
         return "-"
-    return f"{summary[method][contrast]['psnr'][0] - summary['cubic'][contrast]['psnr'][0]:+.2f}"
+    key = "psnr" + region
+    return f"{summary[method][contrast][key][0] - summary['cubic'][contrast][key][0]:+.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument("--before", nargs="*", type=Path, default=[])
     p.add_argument("--refits", nargs="*", default=[])
+    p.add_argument("--region", choices=("head", "brain"), default="head")
     a = p.parse_args(argv)
+    region = "_brain" if a.region == "brain" else ""
     before = rows_of(a.before)
     print("| acquisition | contrast | " + " | ".join(METHODS) + " | default - cubic (dB) "
           "| before - cubic (dB) | " + "".join(f"{m} - cubic (dB) | " for m in a.refits)
@@ -56,9 +62,9 @@ def main(argv: list[str] | None = None) -> int:
             held = [h[c] for h in r["heldout_gain"] if h.get(c) is not None]
             fw = [v["fitted"] for name, v in r["fwhm"][0].items()
                   if name.split("_")[-1].startswith(c + ".")]
-            print(f"| {r['row']} | {c} | " + " | ".join(cell(s, m, c) for m in METHODS)
-                  + f" | {gain(s, 'default', c)} | {gain(old, 'default', c)} | "
-                  + "".join(f"{gain(s, m, c)} | " for m in a.refits)
+            print(f"| {r['row']} | {c} | " + " | ".join(cell(s, m, c, region) for m in METHODS)
+                  + f" | {gain(s, 'default', c, region)} | {gain(old, 'default', c, region)} | "
+                  + "".join(f"{gain(s, m, c, region)} | " for m in a.refits)
                   + (", ".join(f"{h:+.1f}" for h in held) or "-")
                   + " | " + (", ".join(f"{f:.1f}" for f in fw if f is not None) or "-") + " |")
     return 0
