@@ -170,10 +170,14 @@ def template_case(crop: tuple[int, int, int]) -> tuple[dict[str, np.ndarray], np
     return vols, affine, head_mask(vols["T1w"])
 
 
+def template_brain(crop: tuple[int, int, int]) -> np.ndarray:
+    """The brain of :func:`template_case`'s crop: its head mask (nilearn's ICBM 2009a is
+    skull-stripped)."""
+    return template_case(crop)[2]
+
+
 CASES = {"template": template_case, "real": real_anatomy_truth}  # --case: the truth's builder
-# --case: the brain scored beside the head; the template (nilearn's ICBM 2009a) is skull-stripped,
-# so its head mask is its brain
-BRAINS = {"template": lambda crop: template_case(crop)[2], "real": real_anatomy_brain}
+BRAINS = {"template": template_brain, "real": real_anatomy_brain}  # --case: the brain scored too
 CASE_HELP = ("template: the ICBM 2009a crop (1 mm); real: the rorden subject's T1w and contrasts "
              "from its tissue classes (0.88 mm, needs ../shared/data)")
 
