@@ -5,9 +5,10 @@ misalignment left by registration. Both are parameters of the forward model:
 
 * the profile's full width at half maximum (FWHM, mm), initialised from the header
   (:func:`~bids_mcsr.acquisition.slice_profile.slab_fwhm`), learned in log scale and put back
-  into its physical range (:func:`profile_bounds`) after every step (:meth:`StackAcquisition.keep_widths_in_bounds`), so it can neither collapse nor
-  run away (on the robustness benchmark a width allowed above the spacing ran to its bound on
-  some stacks and cost up to 8 dB) and can leave a bound again;
+  into its physical range (:func:`profile_bounds`) after every step
+  (:meth:`StackAcquisition.keep_widths_in_bounds`), so it can neither collapse nor run away
+  (on the robustness benchmark a width allowed above the spacing ran to its bound on some
+  stacks and cost up to 8 dB) and can leave a bound again;
 * a rigid correction (rotation vector, radians, and translation, mm) applied to every sample
   point of the stack about the stack's centre; the reference stack stays fixed, which removes
   the global pose ambiguity. The translation is kept in millimetres, not in the network's
