@@ -155,3 +155,19 @@ def test_a_width_stepped_past_its_bound_is_put_back_and_can_leave_it():
     acq.keep_widths_in_bounds()
     width = acq.fwhm_mm().detach().numpy()
     assert width[0] < hi[0] * 0.95 and width[1] > lo[1] * 1.05
+
+
+def test_thin_slices_declared_right_cannot_learn_a_slab_wider_than_twice_the_header():
+    """1 mm slices every 4 mm: the held-out slices pulled such a width to the spacing (4 mm) on
+    the real subject's whole head; it is put back to twice the header's modelled slab (1.36 mm),
+    while a header without gaps keeps the spacing as its bound."""
+    ax, cor = stacks()
+    thin = Stack(ax.data, ax.affine, "T1w", "ax.nii.gz", 1.0)
+    acq = StackAcquisition([thin, cor], CoordinateFrame.from_stacks([thin, cor]), [True, True],
+                           True, False, 0)
+    assert profile_bounds(thin)[1] == pytest.approx(2 * SLAB_FWHM_OF_THICKNESS, abs=1e-6)
+    assert profile_bounds(cor)[1] == pytest.approx(4.0)
+    with torch.no_grad():
+        acq.log_width[:] = torch.log(torch.tensor([4.0, 4.0]))
+    acq.keep_widths_in_bounds()
+    assert np.allclose(acq.fwhm_mm().detach().numpy(), [2 * SLAB_FWHM_OF_THICKNESS, 4.0], rtol=1e-5)
