@@ -233,7 +233,7 @@ def test_refined_pose_recovers_an_injected_offset(phantom):
     assert np.allclose(res.acquisition[0]["pose_correction"], np.eye(4))
 
 
-def test_slab_widths_are_learned_when_a_header_declares_gaps(phantom):
+def test_slab_widths_are_learned_when_a_header_declares_gaps_or_overlaps(phantom):
     _, (t1, t2), _, _ = phantom  # 6 mm slices declared 6 mm thick
     thin = t2.with_affine(t2.affine)
     thin.slice_thickness = 3.0  # 3 mm slices 6 mm apart, or a header at half the slab
@@ -243,6 +243,9 @@ def test_slab_widths_are_learned_when_a_header_declares_gaps(phantom):
     assert learns_profiles([t1, thin], "auto", masks) is True
     assert learns_profiles([t1, t2], True, masks) is True
     assert learns_profiles([t1, thin], False, masks) is False
+    overlapping = t2.with_affine(t2.affine)
+    overlapping.slice_thickness = 9.0  # 9 mm slabs 6 mm apart: modelled capped at the spacing
+    assert learns_profiles([t1, overlapping], "auto", masks) is True
 
 
 def test_slab_widths_are_learned_where_every_thick_stack_spans_a_head(phantom):
