@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--profile-fit", choices=["auto", "on", "off"],
                     help="fit each stack's slab width on held-out slices, from the modelled one "
                     "(docs/method.md): auto (default) when a stack's SliceThickness leaves gaps "
-                    "between its slices or every thick stack's slices span a head (9000 foreground "
+                    "between its slices or exceeds their spacing, or every thick stack's slices "
+                    "span a head (9000 foreground "
                     "voxels) and there are at most two contrasts, on, or off")
     sr.add_argument("--pose-fit", choices=["auto", "on", "off"],
                     help="refine each stack's rigid pose (on top of registration) during the fit: "
