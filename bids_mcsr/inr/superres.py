@@ -169,8 +169,9 @@ def learns_profiles(stacks: Sequence[Stack], choice: bool | str, masks: Sequence
     gaps between its slices (:func:`~bids_mcsr.acquisition.slice_profile.header_declares_gap`),
     where the modelled slab is the header's guess at its narrowest, or slabs that overlap
     (:func:`~bids_mcsr.acquisition.slice_profile.header_too_thick`), where it is capped
-    below the header (on the 64 x 80 x 64 mm crops, 6 mm slabs every 4 mm: +0.2 to +0.5 dB
-    learned, the seed spreads smaller; docs/evaluation.md), and when every thick
+    below the header (on the 64 x 80 x 64 mm crops, 6 mm slabs every 4 mm: +0.55 to +1.5 dB
+    learned, the seed spreads 0.1-0.5 dB; a header twice a contiguous slab, which looks the
+    same, loses up to 0.3 dB; docs/evaluation.md), and when every thick
     stack's slices hold at least :data:`WIDTH_MIN_SLICE_VOXELS` foreground voxels (median
     over its slices, ``masks`` its foreground: slices that span a head) and the fit has at
     most :data:`WIDTH_MAX_CONTRASTS` contrasts. With three contrasts, on whole heads and
