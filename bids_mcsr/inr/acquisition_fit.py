@@ -79,10 +79,10 @@ def profile_bounds(stack: Stack) -> tuple[float, float]:
     times the header's modelled slab (:func:`~bids_mcsr.acquisition.slice_profile.slab_fwhm`),
     whichever is narrower: the second binds only where a header declares slices much thinner
     than their spacing. There the held-out slices, a slice spacing from the nearest trained
-    slice of their stack, pick a wide slab that smooths the network's guess between slices rather than
-    the acquisition's: 1 mm thin slices every 4 mm declared right learned 4.0 mm (T1w) on the
-    real subject's whole head, and a network trained with that slab no longer reproduced its
-    own slices (0.68 mm modelled, 1 mm truth; docs/evaluation.md).
+    slice of their stack, pick a wide slab that smooths the network's guess between slices
+    rather than the acquisition's: 1 mm thin slices every 4 mm declared right learned 4.0 mm
+    (T1w) on the real subject's whole head, and a network trained with that slab no longer
+    reproduced its own slices (0.68 mm modelled, 1 mm truth; docs/evaluation.md).
 
     >>> from bids_mcsr.image.io import Stack
     >>> affine = np.diag([1, 1, 4, 1])

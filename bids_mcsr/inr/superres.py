@@ -196,14 +196,16 @@ def learns_profiles(stacks: Sequence[Stack], choice: bool | str, masks: Sequence
                      "stacks' slab widths during the fit", WIDTH_MIN_SLICE_VOXELS)
             return True
         log.info("%d contrasts: the slab widths stay the headers' unless a header declares gaps "
-                 "(with more than %d, widths learned on held-out slices come out too narrow)",
+                 "or overlapping slabs (with more than %d, widths learned on held-out slices come "
+                 "out too narrow)",
                  n_contrasts, WIDTH_MAX_CONTRASTS)
-    gaps = [s for s in stacks if header_declares_gap(s) or header_too_thick(s)]
-    for s in gaps:
+    # headers whose modelled slab is a guess: gaps (at its narrowest) or overlaps (capped)
+    guessed = [(s, "leaves gaps between" if header_declares_gap(s) else "overlaps")
+               for s in stacks if header_declares_gap(s) or header_too_thick(s)]
+    for s, how in guessed:
         log.info("%s: SliceThickness %.2f mm %s slices %.2f mm apart: learning every stack's "
-                 "slab width during the fit", s.name, s.thickness,
-                 "leaves gaps between" if header_declares_gap(s) else "overlaps", s.slice_spacing)
-    return bool(gaps)
+                 "slab width during the fit", s.name, s.thickness, how, s.slice_spacing)
+    return bool(guessed)
 
 
 def _problem(stacks: Sequence[Stack], config: SRConfig, grid: Grid, reference: int) -> _Problem:
