@@ -53,9 +53,10 @@ class TrainConfig:
     widths, rotations, translations) learn at ``width_lr``/``pose_lr``/``shift_lr_mm`` once
     ``acquisition_warmup`` epochs have fitted the network alone, every
     ``acquisition_every``-th step: the poses from a training batch, the widths from
-    ``width_batch_share`` of a batch of held-out voxels with the network fixed (a few
-    parameters per stack need far fewer voxels than the network does;
-    :meth:`width_evaluations` counts them for the budget). Without held-out slices the widths
+    ``width_batch_share`` of a batch of held-out slab draws with the network fixed (two draws
+    of half as many voxels, :func:`~bids_mcsr.inr.losses.width_step`; a few parameters per
+    stack need far fewer voxels than the network does; :meth:`width_evaluations` counts them
+    for the budget). Without held-out slices the widths
     stay at their initial values. While
     poses or widths learn, a hash grid's levels finer than ``coarse_mm`` are brought in over the
     first ``coarse_to_fine`` share of the epochs (:func:`level_weights`; 0: all from the
@@ -95,7 +96,7 @@ class TrainConfig:
         return int(max(1, min(batch, n_epoch_samples)))
 
     def width_batch(self, batch_size: int) -> int:
-        """Held-out voxels of one slab-width step."""
+        """Held-out voxel draws of one slab-width step (two draws of half as many voxels)."""
         return max(1, int(batch_size * self.width_batch_share))
 
     def width_evaluations(self, evaluations_per_epoch: int) -> int:
