@@ -87,12 +87,12 @@ def heldout_errors(model: torch.nn.Module, samples: TrainingSamples,
 def width_step(model: torch.nn.Module, samples: TrainingSamples, held_idx: np.ndarray,
                 acquisition: StackAcquisition, n_contrasts: int, opt: torch.optim.Adam,
                 rng: np.random.Generator, batch_size: int) -> None:
-    """One step of the slice-profile widths on ``batch_size`` held-out voxels, the network
-    fixed: a width that only lets the network fit the training slices more closely (a
-    narrower slab always does) does not predict the slices between them better.
+    """One step of the slice-profile widths on ``batch_size`` slab draws of held-out voxels,
+    the network fixed: a width that only lets the network fit the training slices more
+    closely (a narrower slab always does) does not predict the slices between them better.
 
-    Each voxel's slab is sampled twice (half the voxels, so the cost is one draw's), and the
-    loss is the product of the two draws' residuals: an unbiased estimate of the squared error
+    Each voxel's slab is drawn twice (``batch_size // 2`` voxels, so ``batch_size`` draws in
+    all), and the loss is the product of the two draws' residuals: an unbiased estimate of the squared error
     of the slab's mean. The squared residual of one stratified draw also carries the draw's
     variance, which grows with the width, so it pulled the widths narrow (a 4 mm Gaussian slab
     learned as 3.25 / 2.84 mm on the template's whole head; docs/evaluation.md)."""
