@@ -92,15 +92,17 @@ def width_step(model: torch.nn.Module, samples: TrainingSamples, held_idx: np.nd
     closely (a narrower slab always does) does not predict the slices between them better.
 
     Each voxel's slab is drawn twice (``batch_size // 2`` voxels, so ``batch_size`` draws in
-    all), and the loss is the product of the two draws' residuals: an unbiased estimate of the squared error
-    of the slab's mean. The squared residual of one stratified draw also carries the draw's
-    variance, which grows with the width, so it pulled the widths narrow (a 4 mm Gaussian slab
-    learned as 3.25 / 2.84 mm on the template's whole head; docs/evaluation.md)."""
+    all, through the network in one pass), and the loss is the product of the two draws'
+    residuals: an unbiased estimate of the squared error of the slab's mean. The squared
+    residual of one stratified draw also carries the draw's variance, which grows with the
+    width, so it pulled the widths narrow (a 4 mm Gaussian slab learned as 3.25 / 2.84 mm on
+    the template's whole head; docs/evaluation.md). Held-out voxels are all slab-sampled, so
+    :func:`residuals` keeps their order and the two halves are the two draws."""
     pick = rng.choice(held_idx, min(max(1, batch_size // 2), held_idx.size), replace=False)
     idx = torch.from_numpy(pick).to(samples.coords.device)
-    first, c = residuals(model, samples, idx, acquisition, n_contrasts, learn="width")
-    second, _ = residuals(model, samples, idx, acquisition, n_contrasts, learn="width")
-    loss = contrast_mean(first * second, c, n_contrasts)[0]
+    r, c = residuals(model, samples, torch.cat([idx, idx]), acquisition, n_contrasts, learn="width")
+    first, second = r.chunk(2)
+    loss = contrast_mean(first * second, c[:idx.shape[0]], n_contrasts)[0]
     (grad,) = torch.autograd.grad(loss, [acquisition.log_width])
     acquisition.log_width.grad = grad
     opt.step()

@@ -56,8 +56,7 @@ class TrainConfig:
     ``width_batch_share`` of a batch of held-out slab draws with the network fixed (two draws
     of half as many voxels, :func:`~bids_mcsr.inr.losses.width_step`; a few parameters per
     stack need far fewer voxels than the network does; :meth:`width_evaluations` counts them
-    for the budget). Without held-out slices the widths
-    stay at their initial values. While
+    for the budget). Without held-out slices the widths stay at their initial values. While
     poses or widths learn, a hash grid's levels finer than ``coarse_mm`` are brought in over the
     first ``coarse_to_fine`` share of the epochs (:func:`level_weights`; 0: all from the
     start). The held-out error is tracked every epoch.
