@@ -9,9 +9,10 @@ FLAIR-like contrasts of ``bids_mcsr.evaluation.phantom``) with the lesions of
 Every stack is acquired by ``acquisitions.make_stacks``: rectangular 4 mm slabs every 4 mm,
 2 % Rician noise; a 3D stack is the noisy truth itself (1 mm isotropic).
 
-Rows (``rows()``): the glioma protocol (T1w, ce-T1w, T2w, FLAIR in mixed planes; the only
-row with single-contrast fits), then the protocols of issue 13: two axial 2D stacks alone
-(T2w, FLAIR), the same two plus a 3D T1w, and three contrasts in mixed planes.
+Rows (``rows()``): the glioma protocol (T1w, ce-T1w, T2w, FLAIR in mixed planes, with
+single-contrast fits), then the protocols of issue 13: two axial 2D stacks alone
+(T2w, FLAIR), the same two plus a 3D T1w, and three contrasts in mixed planes; last, the
+tumour cases of issue 12: a T1w axial and a T2w coronal stack (with single-contrast fits).
 
 Methods, each scored per contrast on the truth's grid:
 
@@ -78,6 +79,8 @@ def rows() -> list[Acquisition]:
                     [StackSpec("T1w", None), thick("T2w", AX), thick("FLAIR", AX)], NOISE_PERCENT),
         Acquisition("3 contrasts: T1w ax, T2w cor, FLAIR sag",
                     [thick("T1w", AX), thick("T2w", COR), thick("FLAIR", SAG)], NOISE_PERCENT),
+        Acquisition("2 contrasts: T1w ax, T2w cor",
+                    [thick("T1w", AX), thick("T2w", COR)], NOISE_PERCENT, {"single": True}),
     ]
 
 
