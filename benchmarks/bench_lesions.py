@@ -12,7 +12,8 @@ Every stack is acquired by ``acquisitions.make_stacks``: rectangular 4 mm slabs 
 Rows (``rows()``): the glioma protocol (T1w, ce-T1w, T2w, FLAIR in mixed planes, with
 single-contrast fits), then the protocols of issue 13: two axial 2D stacks alone
 (T2w, FLAIR), the same two plus a 3D T1w, and three contrasts in mixed planes; last, the
-tumour cases of issue 12: a T1w axial and a T2w coronal stack (with single-contrast fits).
+tumour cases of issue 12: a T1w axial and a T2w coronal stack, and the dataset issue 13 is
+judged on: T1w, ce-T1w and T2w (both with single-contrast fits).
 
 Methods, each scored per contrast on the truth's grid:
 
@@ -81,6 +82,9 @@ def rows() -> list[Acquisition]:
                     [thick("T1w", AX), thick("T2w", COR), thick("FLAIR", SAG)], NOISE_PERCENT),
         Acquisition("2 contrasts: T1w ax, T2w cor",
                     [thick("T1w", AX), thick("T2w", COR)], NOISE_PERCENT, {"single": True}),
+        Acquisition("3 contrasts: T1w ax, ce-T1w sag, T2w cor",
+                    [thick("T1w", AX), thick(CE_T1W, SAG), thick("T2w", COR)], NOISE_PERCENT,
+                    {"single": True}),
     ]
 
 
