@@ -61,7 +61,7 @@ from bids_mcsr.acquisition.backprojection import enforce_consistency  # noqa: E4
 from bids_mcsr.image.geometry import Grid  # noqa: E402
 from bids_mcsr.image.io import Stack  # noqa: E402
 from bids_mcsr.image.metrics import cubic_baseline, psnr, ssim  # noqa: E402
-from bids_mcsr.inr.acquisition_fit import FittedAcquisition  # noqa: E402
+from bids_mcsr.inr.acquisition_fit import FittedAcquisition, widest_learned_fwhm  # noqa: E402
 from bids_mcsr.inr.config import SRConfig  # noqa: E402
 from bids_mcsr.inr.superres import super_resolve  # noqa: E402
 
@@ -83,8 +83,10 @@ def scores(volumes: dict, truth: dict, masks: tuple[np.ndarray, np.ndarray], con
 def fitted_stacks(stacks: list[Stack], result) -> list[Stack]:
     """The stacks as the fit placed and profiled them, by the app's own rule
     (:meth:`~bids_mcsr.inr.acquisition_fit.FittedAcquisition.apply`)."""
-    return [FittedAcquisition(a["fitted_fwhm_mm"], np.asarray(a["pose_correction"]),
-                              a["pose_shift_mm"]).apply(s)
+    profile = result.settings["slice_profile"]
+    return [FittedAcquisition(a["fitted_fwhm_mm"],
+                              None if a["fitted_fwhm_mm"] is None else widest_learned_fwhm(s, profile),
+                              np.asarray(a["pose_correction"]), a["pose_shift_mm"]).apply(s)
             for s, a in zip(stacks, result.acquisition)]
 
 
@@ -102,12 +104,12 @@ def pose_error(correction: np.ndarray, misplaced_by: np.ndarray, stack: Stack) -
 @contextmanager
 def slab_model(cap: float | None = None, scale: float | None = None):
     """The forward model with another cap on the slab width (x the spacing) and another
-    modelled FWHM (x the header's thickness) than the app's."""
+    modelled FWHM (x the header's thickness, whatever the profile) than the app's."""
     saved = slice_profile.SLAB_MAX_OF_SPACING, slice_profile.SLAB_FWHM_OF_THICKNESS
     if cap is not None:
         slice_profile.SLAB_MAX_OF_SPACING = cap
     if scale is not None:
-        slice_profile.SLAB_FWHM_OF_THICKNESS = scale
+        slice_profile.SLAB_FWHM_OF_THICKNESS = {p: scale for p in saved[1]}
     try:
         yield
     finally:

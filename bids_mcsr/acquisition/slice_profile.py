@@ -17,31 +17,34 @@ from bids_mcsr.image.io import Stack
 PROFILES = ("none", "gaussian", "boxcar")
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 SLAB_MAX_OF_SPACING = 1.0  # the widest slab the forward model gives a stack, x its slice spacing
-# the modelled FWHM, x the slice thickness: the Gaussian with the variance of a rectangular slab
-# of that thickness (sigma = thickness / sqrt(12)), 0.68
-SLAB_FWHM_OF_THICKNESS = 2.0 * np.sqrt(2.0 * np.log(2.0)) / np.sqrt(12.0)
+# the modelled FWHM, x the slice thickness, per profile: the boxcar is the slab itself; the
+# Gaussian has the variance of a rectangular slab of that thickness (sigma = thickness / sqrt(12)),
+# a FWHM of 0.68 x the thickness
+SLAB_FWHM_OF_THICKNESS = {"boxcar": 1.0, "gaussian": 2.0 * np.sqrt(2.0 * np.log(2.0)) / np.sqrt(12.0)}
 GAP_OF_SPACING = 0.9  # a SliceThickness under this share of the spacing declares gaps
 PROFILE_SAMPLES = 5  # quadrature points across a slab (forward model, back-projection, scoring)
 RESIMULATE_CHUNK = 2**18  # stack voxels re-simulated at once (bounds the coordinate arrays)
 
 
-def slab_fwhm(stack: Stack) -> float:
-    """The through-plane FWHM (mm) the forward model gives a stack's slab.
+def slab_fwhm(stack: Stack, profile: str) -> float:
+    """The through-plane FWHM (mm) the forward model gives a stack's slab under ``profile``.
 
     The slice thickness is the header's (the spacing when it has none), capped at
-    :data:`SLAB_MAX_OF_SPACING` times the slice spacing; the modelled Gaussian has the variance
-    of a rectangular slab of that thickness (FWHM :data:`SLAB_FWHM_OF_THICKNESS` x thickness),
-    not a FWHM equal to it. Both choices err on the narrow side, because the two errors cost
-    very differently: too wide a slab makes the fit sharpen what was never blurred (on the
+    :data:`SLAB_MAX_OF_SPACING` times the slice spacing. The ``boxcar`` is a slab of that
+    thickness; the ``gaussian`` has the variance of such a slab (FWHM
+    :data:`SLAB_FWHM_OF_THICKNESS` x thickness), not a FWHM equal to it. Both err on the
+    narrow side of a Gaussian slab whose FWHM is the thickness, because the two errors cost very
+    differently: too wide a slab makes the fit sharpen what was never blurred (on the
     robustness benchmark, a header twice the truth put the output 6 dB below cubic
     interpolation, thin slices declared 4 mm 1-2 dB below), too narrow a slab only leaves some
     blur (a Gaussian slab modelled at 0.68 of its FWHM still gains 3 dB over cubic;
     docs/evaluation.md). A stack that carries the FWHM a fit settled on
-    (``Stack.slab_fwhm_mm``) is modelled with that.
+    (``Stack.slab_fwhm_mm``) is modelled with that; ``none`` (point samples) has no slab, and
+    the thickness is returned.
     """
     if stack.slab_fwhm_mm is not None:
         return float(stack.slab_fwhm_mm)
-    return SLAB_FWHM_OF_THICKNESS * min(stack.thickness, widest_slab_mm(stack))
+    return SLAB_FWHM_OF_THICKNESS.get(profile, 1.0) * min(stack.thickness, widest_slab_mm(stack))
 
 
 def widest_slab_mm(stack: Stack) -> float:
@@ -112,7 +115,7 @@ def spline_coefficients(volume: np.ndarray) -> np.ndarray:
     return ndimage.spline_filter(np.asarray(volume, np.float32), order=3, output=np.float32)
 
 
-def resimulate_stack(volume: np.ndarray, grid: Grid, stack: Stack, profile: str = "gaussian",
+def resimulate_stack(volume: np.ndarray, grid: Grid, stack: Stack, profile: str,
                      n_samples: int = PROFILE_SAMPLES, outside: str = "zero",
                      prefiltered: bool = False, workers: int = 1) -> np.ndarray:
     """Predict an acquired stack from a volume on ``grid`` (data-consistency check).
@@ -125,7 +128,7 @@ def resimulate_stack(volume: np.ndarray, grid: Grid, stack: Stack, profile: str 
     ``prefiltered``: ``volume`` holds :func:`spline_coefficients` already (re-simulating
     several stacks from one volume).
     """
-    offsets, weights = profile_offsets(profile, slab_fwhm(stack), n_samples)
+    offsets, weights = profile_offsets(profile, slab_fwhm(stack, profile), n_samples)
     normal = slice_normal(stack)
     coeffs = volume if prefiltered else spline_coefficients(volume)
     stack_to_grid = np.linalg.inv(grid.affine) @ stack.affine  # voxel indices to voxel indices

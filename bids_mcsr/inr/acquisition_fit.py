@@ -46,6 +46,8 @@ class FittedAcquisition:
     ----------
     fwhm_mm : float or None
         Slice-profile FWHM; None for point-sampled (isotropic or profile-free) stacks.
+    widest_mm : float or None
+        The widest FWHM back-projection and scoring take from it (:func:`widest_learned_fwhm`).
     correction : numpy.ndarray
         4x4 world (mm) rigid transform that moves the stack's voxel centres to where the fit
         places them: the corrected affine is ``correction @ stack.affine``.
@@ -54,6 +56,7 @@ class FittedAcquisition:
     """
 
     fwhm_mm: float | None
+    widest_mm: float | None
     correction: np.ndarray
     shift_mm: float
 
@@ -62,7 +65,7 @@ class FittedAcquisition:
         FWHM the fit modelled, but never wider than the header's (:func:`widest_learned_fwhm`)."""
         moved = stack.with_affine(self.correction @ stack.affine)
         if self.fwhm_mm is not None:
-            moved.slab_fwhm_mm = min(self.fwhm_mm, widest_learned_fwhm(stack))
+            moved.slab_fwhm_mm = min(self.fwhm_mm, self.widest_mm)
         return moved
 
     @property
@@ -71,8 +74,8 @@ class FittedAcquisition:
         return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
 
 
-def profile_bounds(stack: Stack) -> tuple[float, float]:
-    """Physical range (mm) of a stack's slice-profile FWHM.
+def profile_bounds(stack: Stack, profile: str) -> tuple[float, float]:
+    """Physical range (mm) of a stack's slice-profile FWHM under ``profile``.
 
     From :data:`FWHM_MIN_OF_INPLANE` times the finest in-plane voxel up to the slice spacing
     (:func:`~bids_mcsr.acquisition.slice_profile.widest_slab_mm`) or :data:`LEARNED_MAX_OF_HEADER`
@@ -86,22 +89,23 @@ def profile_bounds(stack: Stack) -> tuple[float, float]:
 
     >>> from bids_mcsr.image.io import Stack
     >>> affine = np.diag([1, 1, 4, 1])
-    >>> [round(float(profile_bounds(Stack(np.zeros((4, 4, 4)), affine, "T1w", slice_thickness=t))[1]), 2)
-    ...  for t in (1, 2, 4)]
-    [1.36, 2.72, 4.0]
+    >>> [[round(float(profile_bounds(Stack(np.zeros((4, 4, 4)), affine, "T1w", slice_thickness=t),
+    ...                               profile)[1]), 2) for t in (1, 2, 4)] for profile in ("boxcar", "gaussian")]
+    [[2.0, 4.0, 4.0], [1.36, 2.72, 4.0]]
     """
     sizes = stack.voxel_sizes
     inplane = float(np.delete(sizes, stack.through_plane_axis).min())
-    return FWHM_MIN_OF_INPLANE * inplane, min(widest_slab_mm(stack), LEARNED_MAX_OF_HEADER * slab_fwhm(stack))
+    return FWHM_MIN_OF_INPLANE * inplane, min(widest_slab_mm(stack),
+                                              LEARNED_MAX_OF_HEADER * slab_fwhm(stack, profile))
 
 
-def initial_fwhm(stack: Stack) -> float:
-    """The slab FWHM (mm) a stack's fit starts from: the header's
+def initial_fwhm(stack: Stack, profile: str) -> float:
+    """The slab FWHM (mm) a stack's fit starts from under ``profile``: the header's
     (:func:`~bids_mcsr.acquisition.slice_profile.slab_fwhm`) within :func:`profile_bounds`."""
-    return float(np.clip(slab_fwhm(stack), *profile_bounds(stack)))
+    return float(np.clip(slab_fwhm(stack, profile), *profile_bounds(stack, profile)))
 
 
-def widest_learned_fwhm(stack: Stack) -> float:
+def widest_learned_fwhm(stack: Stack, profile: str) -> float:
     """The widest learned slab FWHM (mm) back-projection and scoring take from a fit.
 
     The one the fit started from, the header's (:func:`initial_fwhm`): a learned width is the
@@ -114,7 +118,7 @@ def widest_learned_fwhm(stack: Stack) -> float:
     variance-equivalent FWHM of 4.1 mm) the widths learned 4.0 mm and the cap at 2.72 mm left
     the output below the network with 3 plain rounds of back-projection (docs/evaluation.md).
     """
-    return widest_slab_mm(stack) if header_too_thick(stack) else initial_fwhm(stack)
+    return widest_slab_mm(stack) if header_too_thick(stack) else initial_fwhm(stack, profile)
 
 
 def _skew(v: torch.Tensor) -> torch.Tensor:
@@ -136,6 +140,8 @@ class StackAcquisition(nn.Module):
         in world and normalised coordinates).
     profiled
         Per stack, whether it has a slab (thick-slice stack under a slice profile).
+    profile
+        The slice profile (``gaussian`` or ``boxcar``) the widths are FWHMs of.
     learn_profile, refine_pose
         Which parameters are free; fixed ones keep their initial value.
     reference
@@ -143,10 +149,11 @@ class StackAcquisition(nn.Module):
     """
 
     def __init__(self, stacks: Sequence[Stack], frame: CoordinateFrame, profiled: Sequence[bool],
-                 learn_profile: bool, refine_pose: bool, reference: int) -> None:
+                 profile: str, learn_profile: bool, refine_pose: bool, reference: int) -> None:
         super().__init__()
-        bounds = np.array([profile_bounds(s) for s in stacks], np.float32)
-        init = np.array([initial_fwhm(s) for s in stacks], np.float32)
+        bounds = np.array([profile_bounds(s, profile) for s in stacks], np.float32)
+        init = np.array([initial_fwhm(s, profile) for s in stacks], np.float32)
+        self.widest = [widest_learned_fwhm(s, profile) for s in stacks]
         self.register_buffer("lo", torch.from_numpy(bounds[:, 0]))
         self.register_buffer("hi", torch.from_numpy(bounds[:, 1]))
         self.register_buffer("profiled", torch.tensor(list(profiled), dtype=torch.float32))
@@ -208,6 +215,8 @@ class StackAcquisition(nn.Module):
             world = np.eye(4)
             world[:3, :3] = rots[k]
             world[:3, 3] = c_mm - rots[k] @ c_mm + t_mm
-            out.append(FittedAcquisition(float(fwhm[k]) if self.profiled[k] > 0 else None,
+            profiled = self.profiled[k] > 0
+            out.append(FittedAcquisition(float(fwhm[k]) if profiled else None,
+                                         self.widest[k] if profiled else None,
                                          world, float(np.linalg.norm(t_mm))))
         return out

@@ -92,7 +92,7 @@ class ModelSpec:
     drop_last: bool = True
     background_fraction: float = 0.2
     intensity_scaling: str = "percentile"
-    slice_profile: str = "gaussian"
+    slice_profile: str = "boxcar"
     consistency_iterations: int = DEFAULT_CONSISTENCY_ITERATIONS
     holdout_fraction: float = HOLDOUT_FRACTION
     mi_stopping: bool = True

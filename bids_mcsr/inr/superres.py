@@ -125,12 +125,12 @@ def _mi_points(region: np.ndarray, grid: Grid, frame: CoordinateFrame, config: S
     return frame.normalise(voxel_centres_at(grid.shape, grid.affine, chosen)) if chosen.size else None
 
 
-def _note_capped_headers(stacks: Sequence[Stack]) -> None:
+def _note_capped_headers(stacks: Sequence[Stack], profile: str) -> None:
     for s in stacks:
         if header_too_thick(s):
             log.warning("%s: SliceThickness %.2f mm is more than the slice spacing allows "
                         "(%.2f mm); the slab is modelled %.2f mm wide (check the sidecar)",
-                        s.name, s.thickness, widest_slab_mm(s), slab_fwhm(s))
+                        s.name, s.thickness, widest_slab_mm(s), slab_fwhm(s, profile))
 
 
 def refines_poses(stacks: Sequence[Stack], choice: bool | str, reference: int) -> bool:
@@ -209,7 +209,7 @@ def learns_profiles(stacks: Sequence[Stack], choice: bool | str, masks: Sequence
 
 
 def _problem(stacks: Sequence[Stack], config: SRConfig, grid: Grid, reference: int) -> _Problem:
-    _note_capped_headers(stacks)
+    _note_capped_headers(stacks, config.slice_profile)
     contrasts = contrasts_of(stacks)
     frame = CoordinateFrame.from_stacks(stacks)
     masks, scalers = stack_masks_and_scalers(stacks, config.intensity_scaling)
@@ -218,7 +218,8 @@ def _problem(stacks: Sequence[Stack], config: SRConfig, grid: Grid, reference: i
     samples = build_samples(stacks, contrasts, frame, scalers, masks, config.slice_profile,
                             config.profile_samples, heldout)
     widths = samples.n_profile > 1 and learns_profiles(stacks, config.learn_profile, masks)
-    acquisition = StackAcquisition(stacks, frame, samples.profiled, learn_profile=widths,
+    acquisition = StackAcquisition(stacks, frame, samples.profiled, config.slice_profile,
+                                   learn_profile=widths,
                                    refine_pose=refines_poses(stacks, config.refine_registration, reference),
                                    reference=reference)
     per_contrast = grid_masks(stacks, masks, grid, contrasts)

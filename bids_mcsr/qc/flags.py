@@ -78,13 +78,15 @@ def pose_problem(shift_mm: float | None, rotation_deg: float | None) -> bool:
             or (known(rotation_deg) and rotation_deg > POSE_ROTATION_MAX_DEG))
 
 
-def fwhm_ratio(fitted_mm: float | None, header_mm: float | None) -> float | None:
-    """The slab FWHM the fit used over the one the header's SliceThickness implies
-    (:data:`~bids_mcsr.acquisition.slice_profile.SLAB_FWHM_OF_THICKNESS` x thickness): 1 when
-    the header was taken as it is; None if either is unknown."""
+def fwhm_ratio(fitted_mm: float | None, header_mm: float | None, profile: str | None) -> float | None:
+    """The slab FWHM the fit used over the one the header's SliceThickness implies under the
+    fit's slice ``profile``
+    (:data:`~bids_mcsr.acquisition.slice_profile.SLAB_FWHM_OF_THICKNESS` x thickness; the
+    thickness itself for a profile it does not list): 1 when the header was taken as it is;
+    None if either is unknown."""
     if not (known(fitted_mm) and known(header_mm)) or header_mm <= 0:
         return None
-    return float(fitted_mm / (SLAB_FWHM_OF_THICKNESS * header_mm))
+    return float(fitted_mm / (SLAB_FWHM_OF_THICKNESS.get(profile, 1.0) * header_mm))
 
 
 def profile_problem(ratio: float | None) -> bool:

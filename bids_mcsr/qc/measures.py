@@ -41,7 +41,7 @@ SSIM_MIN_SLICES = 11  # the Gaussian window (sigma 1.5) of metrics.ssim spans 11
 
 
 def data_consistency(volume: np.ndarray, grid: Grid, stack: Stack,
-                     profile: str = "gaussian", prefiltered: bool = False, workers: int = 1) -> dict:
+                     profile: str, prefiltered: bool = False, workers: int = 1) -> dict:
     """PSNR and SSIM of an acquired stack against its re-simulation from an SR volume.
 
     Parameters
@@ -204,7 +204,7 @@ def subject_metrics(stacks: Sequence[Stack], reference_index: int, result: SRRes
         consistency over the contrast's stacks, SR sharpness), ``mi_between_sr``, the
         convergence entries of :func:`mi_convergence`, ``mi_rule_epoch`` and ``best_epoch``.
     """
-    profile = result.settings.get("slice_profile", "gaussian")
+    profile = result.settings["slice_profile"]
     inputs = [input_summary(stack) for stack in stacks]
     for contrast in dict.fromkeys(s.contrast for s in stacks):  # one contrast's spline at a time
         coeffs = spline_coefficients(result.volumes[contrast])

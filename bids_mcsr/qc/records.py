@@ -83,6 +83,7 @@ def stack_rows(result: dict, names: Sequence[str] | None = None) -> list[dict]:
         scores = list((validation.get(contrast) or {}).get("stacks") or [])
         if len(scores) == len(own):
             per_stack.update(zip(own, scores))
+    profile = (result.get("settings") or {}).get("slice_profile")
     rows = []
     for k, acq in enumerate(acquisition):
         held = per_stack.get(k, {})
@@ -90,7 +91,8 @@ def stack_rows(result: dict, names: Sequence[str] | None = None) -> list[dict]:
             "name": names[k] if names else acq.get("name"), "contrast": acq.get("contrast"),
             "header_thickness_mm": acq.get("header_thickness_mm"),
             "spacing_mm": acq.get("spacing_mm"), "fitted_fwhm_mm": acq.get("fitted_fwhm_mm"),
-            "fwhm_ratio": fwhm_ratio(acq.get("fitted_fwhm_mm"), acq.get("header_thickness_mm")),
+            "fwhm_ratio": fwhm_ratio(acq.get("fitted_fwhm_mm"), acq.get("header_thickness_mm"),
+                                     profile),
             "pose_shift_mm": acq.get("pose_shift_mm"),
             "pose_rotation_deg": acq.get("pose_rotation_deg"),
             "noise_percent": acq.get("noise_percent"),

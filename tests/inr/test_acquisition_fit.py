@@ -9,6 +9,10 @@ from bids_mcsr.acquisition.slice_profile import SLAB_FWHM_OF_THICKNESS, SLAB_MAX
 from bids_mcsr.image.geometry import CoordinateFrame
 from bids_mcsr.image.io import Stack
 from bids_mcsr.inr.acquisition_fit import StackAcquisition, profile_bounds
+from bids_mcsr.inr.presets import DEFAULT_MODEL, model_spec
+
+PROFILE = model_spec(DEFAULT_MODEL).slice_profile  # the app's slab model
+RECT = SLAB_FWHM_OF_THICKNESS[PROFILE]  # its FWHM, x the slice thickness
 
 
 def stacks():
@@ -21,12 +25,12 @@ def stacks():
 
 def test_widths_start_at_the_header_within_physical_bounds():
     s = stacks()
-    lo, hi = profile_bounds(s[0])
+    lo, hi = profile_bounds(s[0], PROFILE)
     assert lo == 0.5 and hi == SLAB_MAX_OF_SPACING * 4.0
-    acq = StackAcquisition(s, CoordinateFrame.from_stacks(s), [True, True], True, True, 0)
+    acq = StackAcquisition(s, CoordinateFrame.from_stacks(s), [True, True], PROFILE, True, True, 0)
     assert np.allclose(acq.fwhm_mm().detach().numpy(),
-                       [3.0 * SLAB_FWHM_OF_THICKNESS, 4.0 * SLAB_FWHM_OF_THICKNESS], atol=1e-3)
-    fixed = StackAcquisition(s, CoordinateFrame.from_stacks(s), [True, False], True, True, 0)
+                       [3.0 * RECT, 4.0 * RECT], atol=1e-3)
+    fixed = StackAcquisition(s, CoordinateFrame.from_stacks(s), [True, False], PROFILE, True, True, 0)
     assert fixed.fwhm_mm().detach().numpy()[1] == 0.0  # point-sampled
     fitted = acq.fitted()
     assert all(np.allclose(f.correction, np.eye(4)) and f.shift_mm == 0 for f in fitted)
@@ -35,7 +39,7 @@ def test_widths_start_at_the_header_within_physical_bounds():
 def test_the_reported_world_correction_is_the_pose_applied_in_training():
     s = stacks()
     frame = CoordinateFrame.from_stacks(s)
-    acq = StackAcquisition(s, frame, [True, True], False, True, reference=0)
+    acq = StackAcquisition(s, frame, [True, True], PROFILE, False, True, reference=0)
     with torch.no_grad():
         acq.rotation[:] = torch.tensor([[0.1, 0.2, 0.3], [0.02, -0.03, 0.04]])
         acq.translation[:] = torch.tensor([[0.5, 0.5, 0.5], [1.0, 2.0, -1.5]])  # mm
@@ -61,8 +65,8 @@ def test_gradients_reach_width_and_pose_only_when_they_learn():
     s = [st.with_data(rng.random(st.data.shape).astype(np.float32)) for st in s]
     frame = CoordinateFrame.from_stacks(s)
     masks, scalers = stack_masks_and_scalers(s)
-    samples = build_samples(s, ["T1w", "T2w"], frame, scalers, masks, "gaussian")
-    acq = StackAcquisition(s, frame, samples.profiled, True, True, reference=0)
+    samples = build_samples(s, ["T1w", "T2w"], frame, scalers, masks, PROFILE)
+    acq = StackAcquisition(s, frame, samples.profiled, PROFILE, True, True, reference=0)
     enc = HashGridEncoding(2 * frame.half_extent_mm, n_levels=3, log2_table_size=12)
     with torch.no_grad():
         for t in enc.tables:
@@ -85,15 +89,17 @@ def test_gradients_reach_width_and_pose_only_when_they_learn():
 
 def test_a_header_thicker_than_the_spacing_is_modelled_at_the_spacing():
     ax, cor = stacks()
-    rect = SLAB_FWHM_OF_THICKNESS
-    assert rect == pytest.approx(0.68, abs=0.005)  # the Gaussian with a rectangle's variance
-    assert slab_fwhm(ax) == pytest.approx(3.0 * rect)  # header below the spacing: a gap, kept
-    assert slab_fwhm(cor) == pytest.approx(4.0 * rect)  # no header: the spacing
+    rect = RECT
+    assert SLAB_FWHM_OF_THICKNESS["boxcar"] == 1.0  # the slab itself
+    assert SLAB_FWHM_OF_THICKNESS["gaussian"] == pytest.approx(0.68, abs=0.005)  # a rectangle's variance
+    assert slab_fwhm(ax, "gaussian") == pytest.approx(3.0 * SLAB_FWHM_OF_THICKNESS["gaussian"])
+    assert slab_fwhm(ax, PROFILE) == pytest.approx(3.0 * rect)  # header below the spacing: a gap, kept
+    assert slab_fwhm(cor, PROFILE) == pytest.approx(4.0 * rect)  # no header: the spacing
     wide = ax.with_affine(ax.affine)
     wide.slice_thickness = 8.0  # header x2
-    assert slab_fwhm(wide) == pytest.approx(SLAB_MAX_OF_SPACING * 4.0 * rect)
+    assert slab_fwhm(wide, PROFILE) == pytest.approx(SLAB_MAX_OF_SPACING * 4.0 * rect)
     acq = StackAcquisition([wide, cor], CoordinateFrame.from_stacks([wide, cor]), [True, True],
-                           False, False, 0)
+                           PROFILE, False, False, 0)
     assert np.allclose(acq.fwhm_mm().numpy(), [4.0 * rect, 4.0 * rect], atol=1e-4)
     assert acq.fitted()[0].fwhm_mm == pytest.approx(4.0 * rect, abs=1e-4)
 
@@ -105,44 +111,44 @@ def test_back_projection_and_scoring_see_the_slab_the_fit_modelled():
     than the header's slab is capped there."""
     ax, cor = stacks()
     fixed = StackAcquisition([ax, cor], CoordinateFrame.from_stacks([ax, cor]), [True, True],
-                             False, False, 0)
+                             PROFILE, False, False, 0)
     learned = StackAcquisition([ax, cor], CoordinateFrame.from_stacks([ax, cor]), [True, True],
-                               True, False, 0)
+                               PROFILE, True, False, 0)
     with torch.no_grad():
-        learned.log_width[:] = torch.log(torch.tensor([1.5, 3.5]))
-    expected = {id(fixed): [3.0 * SLAB_FWHM_OF_THICKNESS, 4.0 * SLAB_FWHM_OF_THICKNESS],
-                id(learned): [1.5, 4.0 * SLAB_FWHM_OF_THICKNESS]}  # 3.5 mm capped at the header's
+        learned.log_width[:] = torch.log(torch.tensor([3.5, 1.5]))
+    expected = {id(fixed): [3.0 * RECT, 4.0 * RECT],
+                id(learned): [3.0 * RECT, 1.5]}  # 3.5 mm capped at the header's
     for acq in (fixed, learned):
         for stack, fitted, fwhm in zip((ax, cor), acq.fitted(), expected[id(acq)]):
             placed = fitted.apply(stack)
-            assert slab_fwhm(placed) == pytest.approx(fwhm, abs=1e-5)
-            assert slab_fwhm(single_slice(placed, 3)) == pytest.approx(fwhm, abs=1e-5)
+            assert slab_fwhm(placed, PROFILE) == pytest.approx(fwhm, abs=1e-5)
+            assert slab_fwhm(single_slice(placed, 3), PROFILE) == pytest.approx(fwhm, abs=1e-5)
             assert placed.slice_thickness == stack.slice_thickness  # the header stays the header
-    assert [f.fwhm_mm for f in learned.fitted()] == pytest.approx([1.5, 3.5], abs=1e-5)  # reported
+    assert [f.fwhm_mm for f in learned.fitted()] == pytest.approx([3.5, 1.5], abs=1e-5)  # reported
 
 
 def test_a_header_thicker_than_the_spacing_lets_back_projection_take_the_learned_width():
-    """Overlapping slabs (SliceThickness 6 mm every 4 mm): the fit starts from the cap (2.72
-    mm), below the truth, so a wider learned width is what back-projection gets, up to the
-    width's own bound; a header within the spacing still caps it (previous test)."""
+    """Overlapping slabs (SliceThickness 6 mm every 4 mm): the fit starts from the cap (the
+    spacing's slab), below the truth, so a learned width is what back-projection gets, up to
+    the width's own bound (the spacing); a header within the spacing still caps it."""
     ax, cor = stacks()
     overlapping = Stack(ax.data, ax.affine, "T1w", "ax.nii.gz", 6.0)
     acq = StackAcquisition([overlapping, cor], CoordinateFrame.from_stacks([overlapping, cor]),
-                           [True, True], True, False, 0)
-    assert acq.fitted()[0].fwhm_mm == pytest.approx(4.0 * SLAB_FWHM_OF_THICKNESS, abs=1e-4)
+                           [True, True], PROFILE, True, False, 0)
+    assert acq.fitted()[0].fwhm_mm == pytest.approx(4.0 * RECT, abs=1e-4)
     with torch.no_grad():
-        acq.log_width[:] = torch.log(torch.tensor([3.9, 3.5]))
+        acq.log_width[:] = torch.log(torch.tensor([3.9, 4.5]))
     placed = [f.apply(s) for f, s in zip(acq.fitted(), (overlapping, cor))]
-    assert slab_fwhm(placed[0]) == pytest.approx(3.9, abs=1e-5)
-    assert slab_fwhm(placed[1]) == pytest.approx(4.0 * SLAB_FWHM_OF_THICKNESS, abs=1e-5)
+    assert slab_fwhm(placed[0], PROFILE) == pytest.approx(3.9, abs=1e-5)
+    assert slab_fwhm(placed[1], PROFILE) == pytest.approx(4.0 * RECT, abs=1e-5)
 
 
 def test_a_width_stepped_past_its_bound_is_put_back_and_can_leave_it():
     """A step past a bound lands on the bound, where the width still has a gradient (a clip
     inside the forward model gave none, and the width stayed at its bound for good)."""
     s = stacks()
-    acq = StackAcquisition(s, CoordinateFrame.from_stacks(s), [True, True], True, False, 0)
-    lo, hi = zip(*(profile_bounds(st) for st in s))
+    acq = StackAcquisition(s, CoordinateFrame.from_stacks(s), [True, True], PROFILE, True, False, 0)
+    lo, hi = zip(*(profile_bounds(st, PROFILE) for st in s))
     with torch.no_grad():
         acq.log_width[:] = torch.log(torch.tensor([3.0 * hi[0], 0.1 * lo[1]]))
     acq.keep_widths_in_bounds()
@@ -159,15 +165,15 @@ def test_a_width_stepped_past_its_bound_is_put_back_and_can_leave_it():
 
 def test_thin_slices_declared_right_cannot_learn_a_slab_wider_than_twice_the_header():
     """1 mm slices every 4 mm: the held-out slices pulled such a width to the spacing (4 mm) on
-    the real subject's whole head; it is put back to twice the header's modelled slab (1.36 mm),
+    the real subject's whole head; it is put back to twice the header's modelled slab (2 mm),
     while a header without gaps keeps the spacing as its bound."""
     ax, cor = stacks()
     thin = Stack(ax.data, ax.affine, "T1w", "ax.nii.gz", 1.0)
     acq = StackAcquisition([thin, cor], CoordinateFrame.from_stacks([thin, cor]), [True, True],
-                           True, False, 0)
-    assert profile_bounds(thin)[1] == pytest.approx(2 * SLAB_FWHM_OF_THICKNESS, abs=1e-6)
-    assert profile_bounds(cor)[1] == pytest.approx(4.0)
+                           PROFILE, True, False, 0)
+    assert profile_bounds(thin, PROFILE)[1] == pytest.approx(2 * RECT, abs=1e-6)
+    assert profile_bounds(cor, PROFILE)[1] == pytest.approx(4.0)
     with torch.no_grad():
         acq.log_width[:] = torch.log(torch.tensor([4.0, 4.0]))
     acq.keep_widths_in_bounds()
-    assert np.allclose(acq.fwhm_mm().detach().numpy(), [2 * SLAB_FWHM_OF_THICKNESS, 4.0], rtol=1e-5)
+    assert np.allclose(acq.fwhm_mm().detach().numpy(), [2 * RECT, 4.0], rtol=1e-5)

@@ -44,7 +44,7 @@ def test_width_steps_recover_a_known_slab_without_the_draws_variance_pulling_it_
     z = samples.coords[:, 2] * frame.half_extent_mm + frame.centre[2]
     k, sigma = 2 * np.pi / WAVELENGTH_MM, TRUE_FWHM_MM * FWHM_TO_SIGMA
     samples.values = (torch.sin(k * z) * np.exp(-(k * sigma) ** 2 / 2)).float()  # the slab's mean
-    acquisition = StackAcquisition(stacks, frame, samples.profiled, True, False, 0)
+    acquisition = StackAcquisition(stacks, frame, samples.profiled, "gaussian", True, False, 0)
     start = acquisition.fwhm_mm().detach().numpy()
     opt = torch.optim.Adam([acquisition.log_width], lr=2e-2)
     rng = np.random.default_rng(0)

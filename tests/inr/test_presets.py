@@ -60,7 +60,7 @@ def test_fast_preset_keeps_its_training_choices():
             == ((0.9, 0.99), 1e-15, "per-step", 0.01))
     assert (spec.min_steps_per_epoch, spec.drop_last) == (200, True)
     assert (spec.background_fraction, spec.intensity_scaling) == (0.2, "percentile")
-    assert (spec.slice_profile, spec.consistency_iterations, spec.holdout_fraction) == ("gaussian", 3, 0.05)
+    assert (spec.slice_profile, spec.consistency_iterations, spec.holdout_fraction) == ("boxcar", 3, 0.05)
     assert TrainConfig().adam_betas == spec.adam_betas and TrainConfig().schedule == spec.schedule
 
 
@@ -74,7 +74,7 @@ def test_unset_choices_take_the_model_value_and_given_ones_stay():
     assert SRConfig().resolved().refine_registration == "auto"  # when a stack looks misaligned
     mixed = SRConfig(model="paper", slice_profile="gaussian", consistency_iterations=2).resolved()
     assert (mixed.slice_profile, mixed.consistency_iterations, mixed.holdout_fraction) == ("gaussian", 2, 0.0)
-    assert SRConfig().resolved().slice_profile == "gaussian"
+    assert SRConfig().resolved().slice_profile == "boxcar"
     with pytest.raises(ValueError, match="per-run choice"):
         run_choices("fast", epochs=None)
 
@@ -88,7 +88,7 @@ def _options(tmp_path: Path, *extra: str):
 
 def test_command_line_takes_the_model_defaults_unless_given(tmp_path):
     fast = _options(tmp_path)
-    assert (fast.slice_profile, fast.consistency_iterations, fast.holdout_fraction) == ("gaussian", 3, 0.05)
+    assert (fast.slice_profile, fast.consistency_iterations, fast.holdout_fraction) == ("boxcar", 3, 0.05)
     paper = _options(tmp_path, "--model", "paper")
     assert (paper.slice_profile, paper.consistency_iterations, paper.holdout_fraction) == ("none", 0, 0.0)
     ours = _options(tmp_path, "--model", "paper", "--slice-profile", "gaussian",
@@ -139,7 +139,7 @@ def test_a_paper_epoch_trains_on_every_voxel_once():
     frame = CoordinateFrame.from_stacks(stacks)
     masks, scalers = stack_masks_and_scalers(stacks, "minmax")
     samples = build_samples(stacks, ["T1w", "T2w"], frame, scalers, masks, "none")
-    acquisition = StackAcquisition(stacks, frame, samples.profiled, learn_profile=False,
+    acquisition = StackAcquisition(stacks, frame, samples.profiled, "none", learn_profile=False,
                                    refine_pose=False, reference=0)
     model = build_model(model_spec("fast"), 2, 2 * frame.half_extent_mm)  # the loop is the paper's
     spec = model_spec("paper")

@@ -26,7 +26,7 @@ def samples_of(stacks):
     frame = CoordinateFrame.from_stacks(stacks)
     masks, scalers = stack_masks_and_scalers(stacks)
     samples = build_samples(stacks, ["T1w", "T2w"], frame, scalers, masks, "gaussian")
-    return samples, StackAcquisition(stacks, frame, samples.profiled, False, False, reference=0)
+    return samples, StackAcquisition(stacks, frame, samples.profiled, "gaussian", False, False, reference=0)
 
 
 def test_every_batch_splits_the_same_way_between_slab_and_point_samples():

@@ -134,7 +134,7 @@ def small_samples_and_model():
     frame = CoordinateFrame.from_stacks(stacks)
     masks, scalers = stack_masks_and_scalers(stacks)
     samples = build_samples(stacks, ["T1w", "T2w"], frame, scalers, masks, "none")
-    acquisition = StackAcquisition(stacks, frame, samples.profiled, learn_profile=False,
+    acquisition = StackAcquisition(stacks, frame, samples.profiled, "none", learn_profile=False,
                                    refine_pose=False, reference=0)
     return samples, build_model(model_spec("fast"), 2, 2 * frame.half_extent_mm), acquisition
 
@@ -193,7 +193,8 @@ def test_back_projection_makes_the_outputs_reproduce_their_stacks():
     off = super_resolve(stacks, SRConfig(epochs=1, seed=0, consistency_iterations=0, **fixed))
 
     def misfit(result, stack):
-        predicted = resimulate_stack(result.volumes[stack.contrast], result.grid, stack, "gaussian")
+        predicted = resimulate_stack(result.volumes[stack.contrast], result.grid, stack,
+                                     result.settings["slice_profile"])
         return float(np.sqrt(np.mean((predicted - stack.data) ** 2)))
 
     for stack in stacks:
