@@ -89,8 +89,10 @@ def profile_bounds(stack: Stack, profile: str) -> tuple[float, float]:
 
     >>> from bids_mcsr.image.io import Stack
     >>> affine = np.diag([1, 1, 4, 1])
-    >>> [[round(float(profile_bounds(Stack(np.zeros((4, 4, 4)), affine, "T1w", slice_thickness=t),
-    ...                               profile)[1]), 2) for t in (1, 2, 4)] for profile in ("boxcar", "gaussian")]
+    >>> def widest(t, profile):
+    ...     return round(float(profile_bounds(Stack(np.zeros((4, 4, 4)), affine, "T1w", slice_thickness=t),
+    ...                                       profile)[1]), 2)
+    >>> [[widest(t, profile) for t in (1, 2, 4)] for profile in ("boxcar", "gaussian")]
     [[2.0, 4.0, 4.0], [1.36, 2.72, 4.0]]
     """
     sizes = stack.voxel_sizes
