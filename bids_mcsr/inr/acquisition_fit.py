@@ -29,7 +29,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from bids_mcsr.acquisition.slice_profile import header_too_thick, slab_fwhm, widest_slab_mm
+from bids_mcsr.acquisition.slice_profile import (
+    SLAB_FWHM_OF_THICKNESS,
+    header_too_thick,
+    slab_fwhm,
+    widest_slab_mm,
+)
 from bids_mcsr.image.geometry import CoordinateFrame, stack_corners
 from bids_mcsr.image.io import Stack
 
@@ -97,8 +102,20 @@ def profile_bounds(stack: Stack, profile: str) -> tuple[float, float]:
     """
     sizes = stack.voxel_sizes
     inplane = float(np.delete(sizes, stack.through_plane_axis).min())
-    return FWHM_MIN_OF_INPLANE * inplane, min(widest_slab_mm(stack),
+    return FWHM_MIN_OF_INPLANE * inplane, min(widest_fwhm(stack, profile),
                                               LEARNED_MAX_OF_HEADER * slab_fwhm(stack, profile))
+
+
+def widest_fwhm(stack: Stack, profile: str) -> float:
+    """The widest FWHM (mm) a stack's slab learns under ``profile``: the one with the variance
+    of a Gaussian whose FWHM is the widest slab
+    (:func:`~bids_mcsr.acquisition.slice_profile.widest_slab_mm`, the slice spacing), the bound
+    of the Gaussian model that was the default until the boxcar: the spacing for the Gaussian,
+    1.47 x the spacing for the boxcar. A boxcar held at the
+    spacing could not reach overlapping slabs (6 mm slabs every 4 mm: -1.2 / -1.7 dB against
+    the Gaussian on the template crop; docs/evaluation.md)."""
+    widest = widest_slab_mm(stack)
+    return widest * SLAB_FWHM_OF_THICKNESS.get(profile, 1.0) / SLAB_FWHM_OF_THICKNESS["gaussian"]
 
 
 def initial_fwhm(stack: Stack, profile: str) -> float:
@@ -120,7 +137,7 @@ def widest_learned_fwhm(stack: Stack, profile: str) -> float:
     variance-equivalent FWHM of 4.1 mm) the widths learned 4.0 mm and the cap at 2.72 mm left
     the output below the network with 3 plain rounds of back-projection (docs/evaluation.md).
     """
-    return widest_slab_mm(stack) if header_too_thick(stack) else initial_fwhm(stack, profile)
+    return profile_bounds(stack, profile)[1] if header_too_thick(stack) else initial_fwhm(stack, profile)
 
 
 def _skew(v: torch.Tensor) -> torch.Tensor:
