@@ -98,7 +98,7 @@ def profile_bounds(stack: Stack, profile: str) -> tuple[float, float]:
     ...     return round(float(profile_bounds(Stack(np.zeros((4, 4, 4)), affine, "T1w", slice_thickness=t),
     ...                                       profile)[1]), 2)
     >>> [[widest(t, profile) for t in (1, 2, 4)] for profile in ("boxcar", "gaussian")]
-    [[2.0, 4.0, 4.0], [1.36, 2.72, 4.0]]
+    [[2.0, 4.0, 5.88], [1.36, 2.72, 4.0]]
     """
     sizes = stack.voxel_sizes
     inplane = float(np.delete(sizes, stack.through_plane_axis).min())

@@ -8,7 +8,7 @@ from bids_mcsr.acquisition.holdout import single_slice
 from bids_mcsr.acquisition.slice_profile import SLAB_FWHM_OF_THICKNESS, SLAB_MAX_OF_SPACING, slab_fwhm
 from bids_mcsr.image.geometry import CoordinateFrame
 from bids_mcsr.image.io import Stack
-from bids_mcsr.inr.acquisition_fit import StackAcquisition, profile_bounds
+from bids_mcsr.inr.acquisition_fit import StackAcquisition, profile_bounds, widest_fwhm
 from bids_mcsr.inr.presets import DEFAULT_MODEL, model_spec
 
 PROFILE = model_spec(DEFAULT_MODEL).slice_profile  # the app's slab model
@@ -26,7 +26,10 @@ def stacks():
 def test_widths_start_at_the_header_within_physical_bounds():
     s = stacks()
     lo, hi = profile_bounds(s[0], PROFILE)
-    assert lo == 0.5 and hi == SLAB_MAX_OF_SPACING * 4.0
+    assert lo == 0.5 and hi == pytest.approx(widest_fwhm(s[0], PROFILE))
+    # the variance of a Gaussian whose FWHM is the spacing, whatever the profile
+    assert widest_fwhm(s[0], "gaussian") == pytest.approx(SLAB_MAX_OF_SPACING * 4.0)
+    assert widest_fwhm(s[0], "boxcar") == pytest.approx(SLAB_MAX_OF_SPACING * 4.0 / 0.68, rel=0.01)
     acq = StackAcquisition(s, CoordinateFrame.from_stacks(s), [True, True], PROFILE, True, True, 0)
     assert np.allclose(acq.fwhm_mm().detach().numpy(),
                        [3.0 * RECT, 4.0 * RECT], atol=1e-3)
@@ -137,9 +140,10 @@ def test_a_header_thicker_than_the_spacing_lets_back_projection_take_the_learned
                            [True, True], PROFILE, True, False, 0)
     assert acq.fitted()[0].fwhm_mm == pytest.approx(4.0 * RECT, abs=1e-4)
     with torch.no_grad():
-        acq.log_width[:] = torch.log(torch.tensor([3.9, 4.5]))
+        acq.log_width[:] = torch.log(torch.tensor([5.0, 4.5]))
     placed = [f.apply(s) for f, s in zip(acq.fitted(), (overlapping, cor))]
-    assert slab_fwhm(placed[0], PROFILE) == pytest.approx(3.9, abs=1e-5)
+    # past the spacing where the profile's bound allows it (the boxcar's: 5.9 mm)
+    assert slab_fwhm(placed[0], PROFILE) == pytest.approx(min(5.0, widest_fwhm(overlapping, PROFILE)), abs=1e-5)
     assert slab_fwhm(placed[1], PROFILE) == pytest.approx(4.0 * RECT, abs=1e-5)
 
 
@@ -172,7 +176,7 @@ def test_thin_slices_declared_right_cannot_learn_a_slab_wider_than_twice_the_hea
     acq = StackAcquisition([thin, cor], CoordinateFrame.from_stacks([thin, cor]), [True, True],
                            PROFILE, True, False, 0)
     assert profile_bounds(thin, PROFILE)[1] == pytest.approx(2 * RECT, abs=1e-6)
-    assert profile_bounds(cor, PROFILE)[1] == pytest.approx(4.0)
+    assert profile_bounds(cor, PROFILE)[1] == pytest.approx(widest_fwhm(cor, PROFILE))
     with torch.no_grad():
         acq.log_width[:] = torch.log(torch.tensor([4.0, 4.0]))
     acq.keep_widths_in_bounds()
