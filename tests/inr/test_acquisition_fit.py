@@ -143,7 +143,8 @@ def test_a_header_thicker_than_the_spacing_lets_back_projection_take_the_learned
         acq.log_width[:] = torch.log(torch.tensor([5.0, 4.5]))
     placed = [f.apply(s) for f, s in zip(acq.fitted(), (overlapping, cor))]
     # past the spacing where the profile's bound allows it (the boxcar's: 5.9 mm)
-    assert slab_fwhm(placed[0], PROFILE) == pytest.approx(min(5.0, widest_fwhm(overlapping, PROFILE)), abs=1e-5)
+    widest = widest_fwhm(overlapping, PROFILE)
+    assert slab_fwhm(placed[0], PROFILE) == pytest.approx(min(5.0, widest), abs=1e-5)
     assert slab_fwhm(placed[1], PROFILE) == pytest.approx(4.0 * RECT, abs=1e-5)
 
 
