@@ -123,8 +123,9 @@ def test_group_table(output_dir):
     assert rows.loc[("11", "T2w"), "noise_percent_max"] == pytest.approx(19.4)
     assert rows.loc[("12", "T1w"), "fwhm_header_mm"] == pytest.approx(2.0)
     assert rows.loc[("12", "T1w"), "fwhm_ratio"] == pytest.approx(
-        0.95 * 6.0 / 2.0 / SLAB_FWHM_OF_THICKNESS, rel=1e-4)
-    assert rows.loc[("01", "T1w"), "fwhm_ratio"] == pytest.approx(0.95 / SLAB_FWHM_OF_THICKNESS, rel=1e-4)
+        0.95 * 6.0 / 2.0 / SLAB_FWHM_OF_THICKNESS["gaussian"], rel=1e-4)
+    assert rows.loc[("01", "T1w"), "fwhm_ratio"] == pytest.approx(
+        0.95 / SLAB_FWHM_OF_THICKNESS["gaussian"], rel=1e-4)  # the synthetic results' profile
     assert rows.loc[("01", "T1w"), "best_epoch"] == 7
     for gone in ("dc_psnr_db", "dc_ssim", "mi_converged", "mi_change_last_epochs"):
         assert gone not in df.columns

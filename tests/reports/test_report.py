@@ -49,9 +49,9 @@ def test_data_consistency_of_truth_is_high_and_of_wrong_volumes_lower(subject):
     grid = Grid(SHAPE, affine)
     for stack in stacks:
         truth = volumes[stack.contrast]
-        perfect = data_consistency(truth, grid, stack)
-        blurred = data_consistency(ndimage.gaussian_filter(truth, 2.0), grid, stack)
-        shifted = data_consistency(np.roll(truth, 3, axis=1), grid, stack)
+        perfect = data_consistency(truth, grid, stack, "gaussian")
+        blurred = data_consistency(ndimage.gaussian_filter(truth, 2.0), grid, stack, "gaussian")
+        shifted = data_consistency(np.roll(truth, 3, axis=1), grid, stack, "gaussian")
         assert perfect["psnr_db"] > 35 and perfect["ssim"] > 0.99
         assert blurred["psnr_db"] < perfect["psnr_db"] - 10
         assert shifted["psnr_db"] < blurred["psnr_db"]
@@ -196,7 +196,7 @@ def test_report_from_the_files_of_a_real_tiny_fit(tmp_path, subject):
 def test_ssim_is_skipped_for_a_stack_thinner_than_its_window(subject):
     volumes, affine, stacks = subject
     thin = replace(stacks[0], data=stacks[0].data[:, :, :10])
-    dc = data_consistency(volumes["T1w"], Grid(SHAPE, affine), thin)
+    dc = data_consistency(volumes["T1w"], Grid(SHAPE, affine), thin, "gaussian")
     assert dc["ssim"] is None and dc["psnr_db"] > 35
 
 
@@ -273,7 +273,8 @@ def test_qc_record_carries_the_quality_numbers(subject):
     assert t2["consistency_rounds"] == 2 and t2["heldout_voxels"] == 900
     assert t2["pose_shift_max_mm"] == pytest.approx(10.0)
     assert t2["noise_percent_max"] == pytest.approx(19.4)
-    assert t2["fwhm_ratio"] == pytest.approx(2.85 / SLAB_FWHM_OF_THICKNESS) and t2["fwhm_header_mm"] == 2.0
+    assert t2["fwhm_ratio"] == pytest.approx(2.85 / SLAB_FWHM_OF_THICKNESS["gaussian"])  # synthetic: Gaussian
+    assert t2["fwhm_header_mm"] == 2.0
     assert record["per_contrast"]["T1w"]["verdict"] == "better"
     assert [r["name"] for r in record["stacks"]] == ["sub-01_T1w.nii.gz", "sub-01_T2w.nii.gz"]
     assert record["stacks"][1]["heldout_gain_db"] == pytest.approx(-1.0)
