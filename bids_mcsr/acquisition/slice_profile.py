@@ -26,6 +26,17 @@ PROFILE_SAMPLES = 5  # quadrature points across a slab (forward model, back-proj
 RESIMULATE_CHUNK = 2**18  # stack voxels re-simulated at once (bounds the coordinate arrays)
 
 
+def slab_fwhm_of_thickness(profile: str | None) -> float:
+    """The modelled FWHM of ``profile``'s slab, x the slice thickness
+    (:data:`SLAB_FWHM_OF_THICKNESS`); 1, the thickness itself, for a profile without a slab
+    (``none``) or an unknown one.
+
+    >>> [round(float(slab_fwhm_of_thickness(p)), 2) for p in ("boxcar", "gaussian", "none")]
+    [1.0, 0.68, 1.0]
+    """
+    return SLAB_FWHM_OF_THICKNESS.get(profile, 1.0)
+
+
 def slab_fwhm(stack: Stack, profile: str) -> float:
     """The through-plane FWHM (mm) the forward model gives a stack's slab under ``profile``.
 
@@ -44,7 +55,7 @@ def slab_fwhm(stack: Stack, profile: str) -> float:
     """
     if stack.slab_fwhm_mm is not None:
         return float(stack.slab_fwhm_mm)
-    return SLAB_FWHM_OF_THICKNESS.get(profile, 1.0) * min(stack.thickness, widest_slab_mm(stack))
+    return slab_fwhm_of_thickness(profile) * min(stack.thickness, widest_slab_mm(stack))
 
 
 def widest_slab_mm(stack: Stack) -> float:

@@ -30,9 +30,9 @@ import torch
 from torch import nn
 
 from bids_mcsr.acquisition.slice_profile import (
-    SLAB_FWHM_OF_THICKNESS,
     header_too_thick,
     slab_fwhm,
+    slab_fwhm_of_thickness,
     widest_slab_mm,
 )
 from bids_mcsr.image.geometry import CoordinateFrame, stack_corners
@@ -111,11 +111,10 @@ def widest_fwhm(stack: Stack, profile: str) -> float:
     of a Gaussian whose FWHM is the widest slab
     (:func:`~bids_mcsr.acquisition.slice_profile.widest_slab_mm`, the slice spacing), the bound
     of the Gaussian model that was the default until the boxcar: the spacing for the Gaussian,
-    1.47 x the spacing for the boxcar. A boxcar held at the
-    spacing could not reach overlapping slabs (6 mm slabs every 4 mm: -1.2 / -1.7 dB against
-    the Gaussian on the template crop; docs/evaluation.md)."""
-    widest = widest_slab_mm(stack)
-    return widest * SLAB_FWHM_OF_THICKNESS.get(profile, 1.0) / SLAB_FWHM_OF_THICKNESS["gaussian"]
+    1.47 x the spacing for the boxcar. A boxcar held at the spacing could not reach
+    overlapping slabs (6 mm slabs every 4 mm: -1.2 / -1.7 dB against the Gaussian on the
+    template crop; docs/evaluation.md)."""
+    return widest_slab_mm(stack) * slab_fwhm_of_thickness(profile) / slab_fwhm_of_thickness("gaussian")
 
 
 def initial_fwhm(stack: Stack, profile: str) -> float:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from bids_mcsr.acquisition.slice_profile import SLAB_FWHM_OF_THICKNESS
+from bids_mcsr.acquisition.slice_profile import slab_fwhm_of_thickness
 
 GAIN_MARGIN_DB = 0.2
 POSE_SHIFT_MAX_MM = 3.0
@@ -81,12 +81,11 @@ def pose_problem(shift_mm: float | None, rotation_deg: float | None) -> bool:
 def fwhm_ratio(fitted_mm: float | None, header_mm: float | None, profile: str | None) -> float | None:
     """The slab FWHM the fit used over the one the header's SliceThickness implies under the
     fit's slice ``profile``
-    (:data:`~bids_mcsr.acquisition.slice_profile.SLAB_FWHM_OF_THICKNESS` x thickness; the
-    thickness itself for a profile it does not list): 1 when the header was taken as it is;
-    None if either is unknown."""
+    (:func:`~bids_mcsr.acquisition.slice_profile.slab_fwhm_of_thickness` x thickness): 1 when
+    the header was taken as it is; None if either is unknown."""
     if not (known(fitted_mm) and known(header_mm)) or header_mm <= 0:
         return None
-    return float(fitted_mm / (SLAB_FWHM_OF_THICKNESS.get(profile, 1.0) * header_mm))
+    return float(fitted_mm / (slab_fwhm_of_thickness(profile) * header_mm))
 
 
 def profile_problem(ratio: float | None) -> bool:

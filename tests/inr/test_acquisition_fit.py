@@ -133,7 +133,7 @@ def test_back_projection_and_scoring_see_the_slab_the_fit_modelled():
 def test_a_header_thicker_than_the_spacing_lets_back_projection_take_the_learned_width():
     """Overlapping slabs (SliceThickness 6 mm every 4 mm): the fit starts from the cap (the
     spacing's slab), below the truth, so a learned width is what back-projection gets, up to
-    the width's own bound (the spacing); a header within the spacing still caps it."""
+    the width's own bound (``widest_fwhm``); a header within the spacing still caps it."""
     ax, cor = stacks()
     overlapping = Stack(ax.data, ax.affine, "T1w", "ax.nii.gz", 6.0)
     acq = StackAcquisition([overlapping, cor], CoordinateFrame.from_stacks([overlapping, cor]),
@@ -171,7 +171,7 @@ def test_a_width_stepped_past_its_bound_is_put_back_and_can_leave_it():
 def test_thin_slices_declared_right_cannot_learn_a_slab_wider_than_twice_the_header():
     """1 mm slices every 4 mm: the held-out slices pulled such a width to the spacing (4 mm) on
     the real subject's whole head; it is put back to twice the header's modelled slab (2 mm),
-    while a header without gaps keeps the spacing as its bound."""
+    while a header without gaps keeps the spacing's bound (``widest_fwhm``)."""
     ax, cor = stacks()
     thin = Stack(ax.data, ax.affine, "T1w", "ax.nii.gz", 1.0)
     acq = StackAcquisition([thin, cor], CoordinateFrame.from_stacks([thin, cor]), [True, True],
