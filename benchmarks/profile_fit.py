@@ -150,7 +150,7 @@ def set_up_fit(stacks: list[Stack], grid: Grid, config: SRConfig, device: torch.
     reference = pick_reference([s.voxel_sizes for s in stacks])
     problem = superres._problem(stacks, config, grid, reference)
     with mock.patch.object(superres, "train", lambda *args, **kwargs: TrainHistory([])):
-        model, _, tcfg, plan = superres._train(problem, config, device, None, None)
+        model, _, tcfg, plan, _ = superres._train(problem, config, device, None, None)
     fit = training._Fit(model, problem.acquisition, problem.samples, problem.contrasts, tcfg, device)
     return problem, fit, plan
 

@@ -241,8 +241,9 @@ def _problem(stacks: Sequence[Stack], config: SRConfig, grid: Grid, reference: i
 
 
 def _train(problem: _Problem, config: SRConfig, device: torch.device, progress, on_epoch_end):
-    """Build and train the network; returns it, its history, the training settings and the
-    memory plan."""
+    """Build and train the network; returns it, its history, the training settings, the
+    memory plan and its prediction on the grid just before the held-out slices joined the
+    training (None when they never did)."""
     spec, samples = problem.spec, problem.samples
     model = build_model(spec, len(problem.contrasts), extent_mm=2 * problem.frame.half_extent_mm,
                         seed=config.seed)
@@ -262,15 +263,20 @@ def _train(problem: _Problem, config: SRConfig, device: torch.device, progress, 
                        mi_stopping=config.mi_stopping, seed=config.seed,
                        max_seconds=config.max_train_seconds,
                        compile=use_compile(config.compile, samples.n_evaluations() * spec.epochs))
+    scored: list[np.ndarray] = []
+
+    def keep_scored(network: torch.nn.Module) -> None:
+        scored.append(predict_grid(network, problem.frame, problem.grid, device, plan.chunk))
     hist = train(model, problem.acquisition, samples, problem.contrasts, tcfg, device,
-                 problem.mi_coords, progress, on_epoch_end)
-    return model, hist, tcfg, plan
+                 problem.mi_coords, progress, on_epoch_end, keep_scored)
+    return model, hist, tcfg, plan, (scored[0] if scored else None)
 
 
-def _to_volumes(pred: np.ndarray, stacks: Sequence[Stack], problem: _Problem, noise: list[float],
-                config: SRConfig) -> tuple[dict, dict, dict, float]:
+def _to_volumes(pred: np.ndarray, scored_pred: np.ndarray | None, stacks: Sequence[Stack],
+                problem: _Problem, noise: list[float], config: SRConfig) -> tuple[dict, dict, dict, float]:
     """Each contrast in the intensity scale of its first stack, scored on the held-out slices
-    (back-projection without them), then made to reproduce all of the contrast's stacks
+    (``scored_pred``, the network before they joined the training, else ``pred``;
+    back-projection without them), then made to reproduce all of the contrast's stacks
     (in the same scale) down to their noise floor; the last value is the seconds spent
     scoring."""
     fitted = problem.acquisition.fitted()
@@ -279,8 +285,14 @@ def _to_volumes(pred: np.ndarray, stacks: Sequence[Stack], problem: _Problem, no
     owned = {c: [k for k, s in enumerate(stacks) if s.contrast == c] for c in problem.contrasts}
     networks = {c: problem.scalers[owned[c][0]].inverse(pred[i])
                 for i, c in enumerate(problem.contrasts)}
-    guides = (Guides(networks, problem.grid, problem.mask, config.slice_profile, config.profile_samples,
-                     workers=torch.get_num_threads()) if config.guided_upsampling else None)
+    before = networks if scored_pred is None else {
+        c: problem.scalers[owned[c][0]].inverse(scored_pred[i]) for i, c in enumerate(problem.contrasts)}
+
+    def guides_of(volumes: dict) -> Guides:
+        return Guides(volumes, problem.grid, problem.mask, config.slice_profile, config.profile_samples,
+                      workers=torch.get_num_threads())
+    guides = guides_of(networks) if config.guided_upsampling else None
+    scored_guides = guides if guides is None or before is networks else guides_of(before)
     for c in problem.contrasts:
         own = owned[c]
         first = problem.scalers[own[0]]
@@ -289,11 +301,13 @@ def _to_volumes(pred: np.ndarray, stacks: Sequence[Stack], problem: _Problem, no
         sigmas = [noise[k] * span / (problem.scalers[k].high - problem.scalers[k].low) for k in own]
         own_masks = [problem.masks[k] for k in own]
         held = [problem.heldout[k] for k in own]
-        scored = final = networks[c]
+        scored, final = before[c], networks[c]
         if config.keep_network_output:
             network_volumes[c] = final
-        if guides is not None:  # the held-out slices score maps fitted without them
+        if guides is scored_guides and guides is not None:  # held-out maps fitted without them
             scored, final = guides.upsample(c, scaled, held)
+        elif guides is not None:
+            scored, final = scored_guides.upsample(c, scaled, held)[0], guides.upsample(c, scaled)[1]
         t0 = time.perf_counter()
         errors, curve = validate(scored, problem.grid, scaled, held,
                                  own_masks, config.slice_profile, config.consistency_iterations,
@@ -368,13 +382,14 @@ def super_resolve(stacks: Sequence[Stack], config: SRConfig = SRConfig(), grid: 
     problem = _problem(stacks, config, grid, reference)
     t_train = time.perf_counter()
     with reproducible(device):
-        model, hist, tcfg, plan = _train(problem, config, device, progress, on_epoch_end)
+        model, hist, tcfg, plan, scored_pred = _train(problem, config, device, progress, on_epoch_end)
         del problem.samples  # not needed past training: frees memory for inference and back-projection
         t_infer = time.perf_counter()
         pred = predict_grid(model, problem.frame, grid, device, plan.chunk)
     t_consistency = time.perf_counter()
     noise = [estimate_noise(s) for s in stacks]
-    volumes, validation, network_volumes, scoring_s = _to_volumes(pred, stacks, problem, noise, config)
+    volumes, validation, network_volumes, scoring_s = _to_volumes(pred, scored_pred, stacks, problem,
+                                                                  noise, config)
     t_end = time.perf_counter()
     timings = {"setup_s": t_train - t0, "training_s": t_infer - t_train,
                "inference_s": t_consistency - t_infer, "consistency_s": t_end - t_consistency,

@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
+from bids_mcsr.acquisition.holdout import choose_heldout
 from bids_mcsr.acquisition.simulate import simulate_stack
 from bids_mcsr.acquisition.slice_profile import resimulate_stack
 from bids_mcsr.evaluation.phantom import mni_truth
@@ -16,6 +17,7 @@ from bids_mcsr.image.geometry import CoordinateFrame, Grid
 from bids_mcsr.image.io import Stack
 from bids_mcsr.image.metrics import cubic_baseline, psnr, ssim
 from bids_mcsr.inr.acquisition_fit import StackAcquisition
+from bids_mcsr.inr.losses import heldout_errors
 from bids_mcsr.inr.config import SRConfig
 from bids_mcsr.inr.model import build_model
 from bids_mcsr.inr.presets import model_spec
@@ -58,8 +60,11 @@ def test_training_reduces_loss_and_tracks_mi(fitted):
     for contrast in ("T1w", "T2w"):
         loss = fitted.history["loss"][contrast]
         assert len(loss) == n and loss[-1] < loss[0] / 5
-        assert len(fitted.history["heldout_mse"][contrast]) == n
-    mean_held = np.mean([fitted.history["heldout_mse"][c] for c in ("T1w", "T2w")], axis=0)
+        held = fitted.history["heldout_mse"][contrast]
+        # scored for the first half of the epochs; then the held-out slices join the training
+        assert len(held) == n and None not in held[:2] and held[2:] == [None, None]
+    assert fitted.history["heldout_joined_after"] == 2
+    mean_held = np.mean([fitted.history["heldout_mse"][c][:2] for c in ("T1w", "T2w")], axis=0)
     assert fitted.history["best_epoch"] == int(np.argmin(mean_held)) + 1
     assert all(m is not None and m > 0 for m in fitted.history["mi"])
     assert fitted.final_mi == fitted.history["mi"][-1]
@@ -137,6 +142,37 @@ def small_samples_and_model():
     acquisition = StackAcquisition(stacks, frame, samples.profiled, "none", learn_profile=False,
                                    refine_pose=False, reference=0)
     return samples, build_model(model_spec("fast"), 2, 2 * frame.half_extent_mm), acquisition
+
+
+@pytest.mark.slow
+def test_held_out_slices_join_the_training_after_they_are_scored():
+    """Halfway through, the network as it is goes to ``before_join`` and the held-out slices
+    then train: at the end the network reproduces them far better than a fit that never
+    trains on them (same seed, same epochs)."""
+    stacks = small_case()
+    frame = CoordinateFrame.from_stacks(stacks)
+    masks, scalers = stack_masks_and_scalers(stacks)
+    rng = np.random.default_rng(0)
+    samples = build_samples(stacks, ["T1w", "T2w"], frame, scalers, masks, "none",
+                            heldout=[choose_heldout(s, rng, 0.1) for s in stacks])
+    errors = {}
+    for joins_at in (0.5, 1.0):
+        acquisition = StackAcquisition(stacks, frame, samples.profiled, "none", learn_profile=False,
+                                       refine_pose=False, reference=0)
+        model = build_model(model_spec("fast"), 2, 2 * frame.half_extent_mm, seed=0)
+        seen = []
+        cfg = TrainConfig(epochs=4, mi_stopping=False, min_steps_per_epoch=100, heldout_joins_at=joins_at)
+        hist = train(model, acquisition, samples, ["T1w", "T2w"], cfg, torch.device("cpu"),
+                     before_join=lambda m: seen.append(heldout_errors(m, samples, acquisition, 2,
+                                                                      torch.device("cpu"))))
+        errors[joins_at] = heldout_errors(model, samples, acquisition, 2, torch.device("cpu"))
+        if joins_at == 1.0:
+            assert seen == [] and hist.heldout_joined_after is None and None not in hist.heldout["T1w"]
+        else:
+            assert hist.heldout_joined_after == 2 and len(seen) == 1
+            assert np.allclose(seen[0], [hist.heldout[c][1] for c in ("T1w", "T2w")])
+            assert hist.heldout["T1w"][2:] == [None, None]
+    assert np.all(errors[0.5] < 0.5 * errors[1.0]), errors
 
 
 @pytest.mark.slow
