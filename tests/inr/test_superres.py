@@ -17,8 +17,8 @@ from bids_mcsr.image.geometry import CoordinateFrame, Grid
 from bids_mcsr.image.io import Stack
 from bids_mcsr.image.metrics import cubic_baseline, psnr, ssim
 from bids_mcsr.inr.acquisition_fit import StackAcquisition
-from bids_mcsr.inr.losses import heldout_errors
 from bids_mcsr.inr.config import SRConfig
+from bids_mcsr.inr.losses import heldout_errors
 from bids_mcsr.inr.model import build_model
 from bids_mcsr.inr.presets import model_spec
 from bids_mcsr.inr.sampling import build_samples, stack_masks_and_scalers
