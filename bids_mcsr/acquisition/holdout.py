@@ -1,7 +1,8 @@
 """Held-out slices: the run's own estimate of quality between the acquired slices.
 
-A few slices of every thick-slice stack are withheld from training and from
-back-projection. The fitted volume re-simulates them through the stack's acquisition model;
+A few slices of every thick-slice stack are withheld from the first half of the training
+(:data:`~bids_mcsr.inr.training.HELDOUT_JOINS_AT`; they train after that) and from
+back-projection. The volume fitted by then re-simulates them through the stack's acquisition model;
 cubic B-spline interpolation along the slice axis predicts them from the remaining slices of
 the same stack. Both are scored against the acquired slices, so their difference estimates,
 without any high-resolution truth, what super-resolution added over interpolation where it

@@ -20,8 +20,8 @@ class SRConfig:
     docs/evaluation.md); ``refine_registration``: refine
     each stack's rigid pose with the network (True, False, ``"auto"``: when a stack looks
     misaligned; the model's choice when None).
-    ``holdout_fraction`` of each thick stack's slices are withheld from training to score the
-    fit against cubic interpolation.
+    ``holdout_fraction`` of each thick stack's slices are withheld from the first half of the
+    training to score the fit against cubic interpolation (then they train).
     ``guided_upsampling``: each thick-sliced contrast becomes a local linear map of every
     contrast's network volume, fitted on its own slices
     (:mod:`bids_mcsr.acquisition.guided`), before back-projection.

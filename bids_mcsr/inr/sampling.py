@@ -37,8 +37,8 @@ class TrainingSamples:
     Each training voxel is predicted as the mean of the network at ``n_profile`` points
     through its slab, drawn by stratified sampling of the profile (one random point per
     equal-probability stratum, new every step), so the whole slab is covered rather than
-    a few fixed planes. ``heldout`` marks the voxels of held-out slices: never trained on,
-    used to score the fit.
+    a few fixed planes. ``heldout`` marks the voxels of held-out slices: not trained on
+    until they have scored the fit (:func:`~bids_mcsr.inr.training.train`).
     """
 
     coords: torch.Tensor

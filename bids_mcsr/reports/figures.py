@@ -197,7 +197,8 @@ def _plot_loss(ax: Axes, history: dict) -> None:
 
 
 def _plot_heldout(held_ax: Axes, history: dict) -> None:
-    """Held-out error per contrast and epoch, its lowest epoch marked in green."""
+    """Held-out error per contrast and epoch, its lowest epoch marked in green and where the
+    held-out slices joined the training dashed."""
     epochs = history.get("epoch", [])
     best = history.get("best_epoch") or None
     curves = {c: [(e, v) for e, v in zip(epochs, values) if v is not None]
@@ -210,6 +211,10 @@ def _plot_heldout(held_ax: Axes, history: dict) -> None:
             held_ax.set_yscale("log")
         if best:
             held_ax.axvline(best, color="tab:green", lw=1.5, label=f"lowest: epoch {best}")
+        joined = history.get("heldout_joined_after")
+        if joined:
+            held_ax.axvline(joined + 0.5, color="tab:gray", ls="--", lw=1,
+                            label=f"trained on after epoch {joined}")
         held_ax.legend(fontsize=8)
     else:
         held_ax.text(0.5, 0.5, "no held-out slices", ha="center", transform=held_ax.transAxes)
