@@ -283,10 +283,12 @@ def _to_volumes(pred: np.ndarray, scored_pred: np.ndarray | None, stacks: Sequen
     as_fitted = [f.apply(s) for f, s in zip(fitted, stacks)]
     volumes, validation, network_volumes, scoring_s = {}, {}, {}, 0.0
     owned = {c: [k for k, s in enumerate(stacks) if s.contrast == c] for c in problem.contrasts}
-    networks = {c: problem.scalers[owned[c][0]].inverse(pred[i])
+
+    def volumes_of(prediction: np.ndarray) -> dict:
+        return {c: problem.scalers[owned[c][0]].inverse(prediction[i])
                 for i, c in enumerate(problem.contrasts)}
-    before = networks if scored_pred is None else {
-        c: problem.scalers[owned[c][0]].inverse(scored_pred[i]) for i, c in enumerate(problem.contrasts)}
+    networks = volumes_of(pred)
+    before = networks if scored_pred is None else volumes_of(scored_pred)
 
     def guides_of(volumes: dict) -> Guides:
         return Guides(volumes, problem.grid, problem.mask, config.slice_profile, config.profile_samples,
@@ -304,10 +306,11 @@ def _to_volumes(pred: np.ndarray, scored_pred: np.ndarray | None, stacks: Sequen
         scored, final = before[c], networks[c]
         if config.keep_network_output:
             network_volumes[c] = final
-        if guides is scored_guides and guides is not None:  # held-out maps fitted without them
-            scored, final = guides.upsample(c, scaled, held)
-        elif guides is not None:
-            scored, final = scored_guides.upsample(c, scaled, held)[0], guides.upsample(c, scaled)[1]
+        if guides is not None:  # the held-out slices score maps fitted without them
+            if scored_guides is guides:
+                scored, final = guides.upsample(c, scaled, held)
+            else:
+                scored, final = scored_guides.upsample(c, scaled, held)[0], guides.upsample(c, scaled)[1]
         t0 = time.perf_counter()
         errors, curve = validate(scored, problem.grid, scaled, held,
                                  own_masks, config.slice_profile, config.consistency_iterations,

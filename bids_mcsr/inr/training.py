@@ -214,13 +214,17 @@ class _Fit:
                        and hasattr(encoding, "level_weight") else None)
         self.t0 = time.perf_counter()
         self.out_of_time = False
-        self.joined = False
+
+    @property
+    def joined(self) -> bool:
+        """Whether the held-out slices train (:meth:`join_heldout`)."""
+        return self.hist.heldout_joined_after is not None
 
     def join_heldout(self, epoch: int) -> None:
         """From now on train on the held-out slices too; the slab widths (learned on them)
         stay as they are."""
         self.samples = replace(self.samples, heldout=np.zeros_like(self.samples.heldout))
-        self.width_opt, self.joined = None, True
+        self.width_opt = None
         self.hist.heldout_joined_after = epoch
         log.info("held-out slices scored after epoch %d; they train from now on", epoch)
 
