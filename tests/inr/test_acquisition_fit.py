@@ -10,6 +10,7 @@ from bids_mcsr.image.geometry import CoordinateFrame
 from bids_mcsr.image.io import Stack
 from bids_mcsr.inr.acquisition_fit import StackAcquisition, profile_bounds, widest_fwhm
 from bids_mcsr.inr.presets import DEFAULT_MODEL, model_spec
+from bids_mcsr.inr.training import ACQUISITION_NETWORK_LR_SHARE, TrainConfig, _optimiser
 
 PROFILE = model_spec(DEFAULT_MODEL).slice_profile  # the app's slab model
 RECT = SLAB_FWHM_OF_THICKNESS[PROFILE]  # its FWHM, x the slice thickness
@@ -182,3 +183,18 @@ def test_thin_slices_declared_right_cannot_learn_a_slab_wider_than_twice_the_hea
         acq.log_width[:] = torch.log(torch.tensor([4.0, 4.0]))
     acq.keep_widths_in_bounds()
     assert np.allclose(acq.fwhm_mm().detach().numpy(), [2 * RECT, 4.0], rtol=1e-5)
+
+
+def test_the_network_learns_at_a_share_of_its_rate_while_the_acquisition_learns():
+    s = stacks()
+    frame = CoordinateFrame.from_stacks(s)
+    net = torch.nn.Linear(3, 2)
+    config = TrainConfig()
+    share = ACQUISITION_NETWORK_LR_SHARE
+    assert config.lr == model_spec(DEFAULT_MODEL).lr and share < 1
+    for widths, poses, network_lr in ((False, False, config.lr), (False, True, share * config.lr),
+                                      (True, False, share * config.lr)):
+        acq = StackAcquisition(s, frame, [True, True], PROFILE, widths, poses, reference=0)
+        groups = _optimiser(net, acq, config).param_groups
+        assert groups[0]["lr"] == pytest.approx(network_lr)
+        assert [g["lr"] for g in groups[1:]] == ([config.pose_lr, config.shift_lr_mm] if poses else [])

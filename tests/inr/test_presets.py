@@ -56,8 +56,8 @@ def test_paper_preset_is_the_published_code():
 
 def test_fast_preset_keeps_its_training_choices():
     spec = model_spec("fast")
-    assert ((spec.adam_betas, spec.adam_eps, spec.schedule, spec.lr_floor)
-            == ((0.9, 0.99), 1e-15, "per-step", 0.01))
+    assert ((spec.lr, spec.adam_betas, spec.adam_eps, spec.schedule, spec.lr_floor)
+            == (1e-2, (0.9, 0.99), 1e-15, "per-step", 0.01))
     assert (spec.min_steps_per_epoch, spec.drop_last) == (200, True)
     assert (spec.background_fraction, spec.intensity_scaling) == (0.2, "percentile")
     assert (spec.slice_profile, spec.consistency_iterations, spec.holdout_fraction) == ("boxcar", 3, 0.05)
