@@ -109,6 +109,11 @@ class TrainConfig:
     coarse_mm: float = COARSE_MM
     heldout_joins_at: float = HELDOUT_JOINS_AT
 
+    def for_acquisition(self, learns: bool) -> "TrainConfig":
+        """The settings a fit trains with: the network's rate (and the schedule's floor) at
+        ``acquisition_network_lr_share`` of ``lr`` when the stacks' poses or widths learn."""
+        return replace(self, lr=self.lr * self.acquisition_network_lr_share) if learns else self
+
     def join_epoch(self) -> int:
         """The last epoch without the held-out slices (``epochs`` when they never join)."""
         return min(self.epochs, max(1, math.ceil(self.heldout_joins_at * self.epochs)))
@@ -177,12 +182,10 @@ def level_weights(cell_mm: list[float], progress: float, coarse_mm: float) -> np
 
 def _optimiser(model: torch.nn.Module, acquisition: StackAcquisition,
                config: TrainConfig) -> torch.optim.Adam:
-    """Adam over the network (at ``acquisition_network_lr_share`` of its rate while poses or
-    widths learn) and the poses when they learn, PyTorch's fused kernel: the same
+    """Adam over the network (and the poses when they learn), PyTorch's fused kernel: the same
     update as the default one in a single pass over the 2-3 M hash-table entries (measured
     17 ms -> 2 ms a step on one CPU thread, ``benchmarks/profile_fit.py``)."""
-    groups = [{"params": list(model.parameters()),
-               "lr": config.lr * (config.acquisition_network_lr_share if acquisition.learns else 1.0)}]
+    groups = [{"params": list(model.parameters()), "lr": config.lr}]
     if acquisition.rotation.requires_grad:
         groups += [{"params": [acquisition.rotation], "lr": config.pose_lr},
                    {"params": [acquisition.translation], "lr": config.shift_lr_mm}]
@@ -197,6 +200,7 @@ class _Fit:
                  device: torch.device) -> None:
         self.rng = np.random.default_rng(config.seed)
         torch.manual_seed(config.seed)
+        config = config.for_acquisition(acquisition.learns)
         self.model, self.acquisition, self.config, self.device = model, acquisition, config, device
         self.contrasts, self.n_c = contrasts, len(contrasts)
         self.samples = samples.to(device)

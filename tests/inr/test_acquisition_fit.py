@@ -195,6 +195,10 @@ def test_the_network_learns_at_a_share_of_its_rate_while_the_acquisition_learns(
     for widths, poses, network_lr in ((False, False, config.lr), (False, True, share * config.lr),
                                       (True, False, share * config.lr)):
         acq = StackAcquisition(s, frame, [True, True], PROFILE, widths, poses, reference=0)
-        groups = _optimiser(net, acq, config).param_groups
-        assert groups[0]["lr"] == pytest.approx(network_lr)
-        assert [g["lr"] for g in groups[1:]] == ([config.pose_lr, config.shift_lr_mm] if poses else [])
+        used = config.for_acquisition(acq.learns)
+        opt = _optimiser(net, acq, used)
+        assert opt.param_groups[0]["lr"] == pytest.approx(network_lr)
+        pose_lrs = [config.pose_lr, config.shift_lr_mm] if poses else []
+        assert [g["lr"] for g in opt.param_groups[1:]] == pose_lrs
+        # the schedule's floor follows the network's rate (the previous release's fit exactly)
+        assert used.scheduler(opt, 10).eta_min == pytest.approx(network_lr * config.lr_floor)
