@@ -33,23 +33,26 @@ def curves_tsv(history: dict) -> str:
     ----------
     history : dict
         ``{"epoch": [...], "loss": {contrast: [...]}, "mi": [...], "seconds": [...]}`` and
-        optionally ``"heldout_mse": {contrast: [...]}``.
+        optionally ``"heldout_mse": {contrast: [...]}`` and ``"lr": [...]``.
 
     Returns
     -------
     str
         Columns ``epoch``, ``loss_<contrast>``..., ``heldout_mse_<contrast>``... (when the
-        history has them), ``mi``, ``seconds``; ``n/a`` where a value was not computed.
+        history has them), ``mi``, ``seconds`` and ``lr`` (when it has it); ``n/a`` where a
+        value was not computed.
     """
     contrasts = list(history.get("loss", {}))
     heldout = {c: v for c, v in (history.get("heldout_mse") or {}).items() if v}
+    lrs = history.get("lr") or []
     header = (["epoch"] + [f"loss_{c}" for c in contrasts]
-              + [f"heldout_mse_{c}" for c in heldout] + ["mi", "seconds"])
+              + [f"heldout_mse_{c}" for c in heldout] + ["mi", "seconds"] + ["lr"] * bool(lrs))
     rows = ["\t".join(header)]
     for i, epoch in enumerate(history.get("epoch", [])):
         cells = [str(epoch)] + [_cell(history["loss"][c][i]) for c in contrasts]
         cells += [_cell(v[i] if i < len(v) else None) for v in heldout.values()]
         cells += [_cell(history["mi"][i]), _cell(history["seconds"][i])]
+        cells += [_cell(lrs[i])] if lrs else []
         rows.append("\t".join(cells))
     return "\n".join(rows) + "\n"
 

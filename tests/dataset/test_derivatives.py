@@ -220,6 +220,8 @@ def test_top_level_files(tmp_path, raw):
 def test_curves_tsv_marks_missing_values():
     rows = curves_tsv(HISTORY).splitlines()
     assert rows[1] == "1\t0.5\t0.4\tn/a\t1"
+    rows = curves_tsv({**HISTORY, "lr": [0.01, 0.005]}).splitlines()
+    assert rows[0].split("\t")[-1] == "lr" and rows[2] == "2\t0.25\t0.2\t0.7\t2\t0.005"
 
 
 @pytest.mark.skipif(find_validator() is None, reason="bids-validator-deno not installed")

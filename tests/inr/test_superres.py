@@ -176,6 +176,34 @@ def test_held_out_slices_join_the_training_after_they_are_scored():
 
 
 @pytest.mark.slow
+def test_the_network_takes_its_full_rate_when_the_slab_widths_stop_learning():
+    """While the widths learn the network trains at ``acquisition_network_lr_share`` of its
+    rate; they stop when the held-out slices join, and from then on it follows the schedule
+    of a fit that learns nothing. Poses keep learning after the join: there the share stays."""
+    stacks = small_case()
+    frame = CoordinateFrame.from_stacks(stacks)
+    masks, scalers = stack_masks_and_scalers(stacks)
+    rng = np.random.default_rng(0)
+    profile = model_spec("fast").slice_profile
+    samples = build_samples(stacks, ["T1w", "T2w"], frame, scalers, masks, profile,
+                            heldout=[choose_heldout(s, rng, 0.1) for s in stacks])
+    cfg = TrainConfig(epochs=4, mi_stopping=False, min_steps_per_epoch=4, coarse_to_fine=0)
+    rates = {}
+    for widths, poses in ((False, False), (True, False), (False, True)):
+        acquisition = StackAcquisition(stacks, frame, samples.profiled, profile, learn_profile=widths,
+                                       refine_pose=poses, reference=0)
+        model = build_model(model_spec("fast"), 2, 2 * frame.half_extent_mm, seed=0)
+        hist = train(model, acquisition, samples, ["T1w", "T2w"], cfg, torch.device("cpu"))
+        assert hist.heldout_joined_after == 2
+        rates[widths, poses] = np.array(hist.lr)
+    share = cfg.acquisition_network_lr_share
+    assert share < 1 and rates[False, False][0] > rates[False, False][-1] > 0
+    assert np.allclose(rates[True, False][:2], share * rates[False, False][:2])
+    assert np.allclose(rates[True, False][2:], rates[False, False][2:])
+    assert np.allclose(rates[False, True], share * rates[False, False])
+
+
+@pytest.mark.slow
 def test_mi_early_stopping_fires_before_the_last_epoch():
     samples, model, acquisition = small_samples_and_model()
     mi_points = samples.coords[samples.foreground][:2000].numpy()
