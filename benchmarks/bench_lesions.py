@@ -110,8 +110,9 @@ def contrast_scores(volume: np.ndarray, case: LesionCase, contrast: str) -> dict
 
 
 def run_row(row: Acquisition, seed: int, case: LesionCase, threads: int,
-            epochs: int | None) -> dict:
-    """Every method on one protocol for one seed."""
+            epochs: int | None, single: bool = True) -> dict:
+    """Every method on one protocol for one seed (the single-contrast fits only where the row
+    asks for them and ``single``)."""
     grid = Grid(case.head.shape, case.affine)
     stacks, _ = make_stacks(row, case.truth, case.affine, case.head, seed)
     contrasts = list(dict.fromkeys(s.contrast for s in stacks))
@@ -124,7 +125,7 @@ def run_row(row: Acquisition, seed: int, case: LesionCase, threads: int,
     res = super_resolve(stacks, config, grid=grid)
     out["seconds"]["multi"] = time.perf_counter() - t0
     volumes["multi"], volumes["multi-net"] = res.volumes, res.network_volumes
-    if row.notes.get("single"):
+    if single and row.notes.get("single"):
         volumes["single"] = {}
         for c, own in by_c.items():
             t0 = time.perf_counter()
@@ -248,6 +249,8 @@ def main(argv=None) -> int:
     p.add_argument("--case", choices=tuple(CASES), default="template", help=CASE_HELP)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the app's)")
+    p.add_argument("--no-single", action="store_true",
+                   help="skip the single-contrast fits (the multi-contrast fit and cubic only)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--table", type=Path, default=None,
                    help="print the markdown tables of a --json report and stop")
@@ -270,7 +273,7 @@ def main(argv=None) -> int:
     for row in picked:
         results = []
         for seed in seeds:  # the JSON is rewritten after every seed: a cut run keeps its rows
-            results.append(run_row(row, seed, case, a.threads, a.epochs))
+            results.append(run_row(row, seed, case, a.threads, a.epochs, not a.no_single))
             summary = summarise(results)
             entry = {"row": row.name, "seeds": seeds[:len(results)], "3d": results[0]["3d"],
                      "summary": summary, "seconds": [r["seconds"] for r in results]}
