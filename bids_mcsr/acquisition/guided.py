@@ -121,7 +121,8 @@ class Guides:
                              if len(self.volumes) > 1 else {})
 
     def upsample(self, contrast: str, stacks: Sequence[Stack],
-                 heldout: Sequence[Sequence[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 heldout: Sequence[Sequence[int]] | None = None,
+                 final: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """``contrast``'s volume upsampled by the local linear maps of its thick stacks.
 
         Parameters
@@ -132,6 +133,9 @@ class Guides:
             The contrast's stacks.
         heldout : sequence of sequence of int, optional
             Per stack, slices held out to score the fit.
+        final : bool
+            Whether to make the output too (False: only the version to score, ``final`` None;
+            a stack with held-out slices then is not also upsampled by its own maps).
 
         Returns
         -------
@@ -144,8 +148,8 @@ class Guides:
         own = self.volumes[contrast]
         thick = [k for k, s in enumerate(stacks) if stack_profile(s, self.profile) != "none"]
         if len(self.volumes) < 2 or not thick or len(thick) < len(stacks):
-            return own, own  # nothing to guide by, or a (near-)isotropic stack measures it all
-        final = np.zeros(self.grid.shape, np.float64)
+            return own, own if final else None  # nothing to guide by, or an isotropic stack measures it all
+        output = np.zeros(self.grid.shape, np.float64)
         scored = np.zeros(self.grid.shape, np.float64)
         held_any = False
         for k in thick:
@@ -159,14 +163,17 @@ class Guides:
             maps = [offset, *slopes]
             inner = sorted(int(s) for s in (heldout[k] if heldout is not None else ())
                            if 0 < s < stack.data.shape[axis] - 1)
-            upsampled = self._apply(stack, maps)
-            final += upsampled
             if inner:  # each slice's maps are its own, so the others' stay as they are
                 held_any = True
-                upsampled = self._apply(stack, [fill_from_neighbours(m, axis, inner) for m in maps])
-            scored += upsampled
-        final_out = (final / len(thick)).astype(np.float32)
-        return ((scored / len(thick)).astype(np.float32) if held_any else final_out), final_out
+                scored += self._apply(stack, [fill_from_neighbours(m, axis, inner) for m in maps])
+                if final:
+                    output += self._apply(stack, maps)
+            else:
+                upsampled = self._apply(stack, maps)
+                scored += upsampled
+                output += upsampled
+        output = (output / len(thick)).astype(np.float32)
+        return ((scored / len(thick)).astype(np.float32) if held_any else output), (output if final else None)
 
     def _apply(self, stack: Stack, maps: Sequence[np.ndarray]) -> np.ndarray:
         """The offset and slope maps (in ``stack``'s voxels, offset first) interpolated onto the

@@ -310,7 +310,8 @@ def _to_volumes(pred: np.ndarray, scored_pred: np.ndarray | None, stacks: Sequen
             if scored_guides is guides:
                 scored, final = guides.upsample(c, scaled, held)
             else:
-                scored, final = scored_guides.upsample(c, scaled, held)[0], guides.upsample(c, scaled)[1]
+                scored = scored_guides.upsample(c, scaled, held, final=False)[0]
+                final = guides.upsample(c, scaled)[1]
         t0 = time.perf_counter()
         errors, curve = validate(scored, problem.grid, scaled, held,
                                  own_masks, config.slice_profile, config.consistency_iterations,

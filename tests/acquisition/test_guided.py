@@ -99,3 +99,5 @@ def test_held_out_slices_do_not_enter_the_scored_fit_but_the_final_one(lesion_ca
     assert np.allclose(scored, scored_changed, atol=tol)
     assert not np.allclose(final, final_changed, atol=tol)
     assert np.allclose(final, guides.upsample("T2w", [stack])[1], atol=tol)
+    only_scored, none = guides.upsample("T2w", [stack], [[k]], final=False)
+    assert none is None and np.array_equal(only_scored, scored)
