@@ -46,7 +46,7 @@ def curves_tsv(history: dict) -> str:
     heldout = {c: v for c, v in (history.get("heldout_mse") or {}).items() if v}
     lrs = history.get("lr") or []
     header = (["epoch"] + [f"loss_{c}" for c in contrasts]
-              + [f"heldout_mse_{c}" for c in heldout] + ["mi", "seconds"] + ["lr"] * bool(lrs))
+              + [f"heldout_mse_{c}" for c in heldout] + ["mi", "seconds"] + (["lr"] if lrs else []))
     rows = ["\t".join(header)]
     for i, epoch in enumerate(history.get("epoch", [])):
         cells = [str(epoch)] + [_cell(history["loss"][c][i]) for c in contrasts]
