@@ -8,7 +8,8 @@ the others between its own slices and loses or paints it (docs/evaluation.md, th
 benchmark). Guided upsampling (the guided filter of He et al. 2013, used as joint upsampling)
 decides that from the data instead:
 
-1. re-simulate every contrast's network volume through the stack's own acquisition
+1. re-simulate every contrast's network volume, and every other contrast's stacks
+   interpolated onto the grid, through the stack's own acquisition
    (:func:`~bids_mcsr.acquisition.slice_profile.resimulate_stack`): the guides, as the stack
    would have seen them;
 2. on each slice, in windows of :data:`GUIDE_WINDOW` in-plane voxels, fit the acquired
@@ -21,7 +22,12 @@ decides that from the data instead:
 
 Where the contrast follows the others, the maps reproduce the network's own output; where a
 slice shows that it departs from them, the maps carry that departure to the neighbouring
-slices' gap as a smooth interpolation would, instead of the trunk's guess. A stack's
+slices' gap as a smooth interpolation would, instead of the trunk's guess. The other
+contrasts' stacks, interpolated, are guides beside the networks: where a whole head's network
+underfits tissue that only lesions have, they still show it at their own in-plane resolution,
+which is the through-plane direction of an orthogonal stack (on the lesion benchmark's T1w,
+ce-T1w and T2w whole head, +0.4 to +2.8 dB inside the lesions and +0.1 to +0.6 dB in the
+head; docs/evaluation.md). A stack's
 held-out slices are left out of the fit (their maps come from their neighbours), so the
 held-out scores stay a prediction.
 """
@@ -33,7 +39,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import ndimage, stats
 
-from bids_mcsr.acquisition.backprojection import fill_from_neighbours
+from bids_mcsr.acquisition.backprojection import coverage, fill_from_neighbours
 from bids_mcsr.acquisition.slice_profile import (
     PROFILE_SAMPLES,
     in_threads,
@@ -109,16 +115,27 @@ class Guides:
         The slice-profile model and its quadrature points.
     workers : int
         Threads that re-simulate stacks and interpolate maps (results do not depend on it).
+    interpolated : mapping of str to numpy.ndarray, optional
+        Per contrast, its stacks interpolated onto ``grid`` (:func:`interpolated_stacks`):
+        guides for every other contrast, beside the network volumes.
     """
 
     def __init__(self, volumes: Mapping[str, np.ndarray], grid: Grid, mask: np.ndarray, profile: str,
-                 n_samples: int = PROFILE_SAMPLES, workers: int = 1) -> None:
+                 n_samples: int = PROFILE_SAMPLES, workers: int = 1,
+                 interpolated: Mapping[str, np.ndarray] | None = None) -> None:
         self.volumes, self.grid = dict(volumes), grid
         self.profile, self.n_samples, self.workers = profile, n_samples, workers
+        # every guide by key: the networks by contrast, the interpolated stacks by (contrast,)
+        self.guides = {**self.volumes, **{(c,): v for c, v in (interpolated or {}).items()}}
         inside = np.asarray(mask, bool)
-        self.scales = {c: robust_spread(v[inside]) for c, v in self.volumes.items()}
-        self.coefficients = ({c: spline_coefficients(v) for c, v in self.volumes.items()}
+        self.scales = {key: robust_spread(v[inside]) for key, v in self.guides.items()}
+        self.coefficients = ({key: spline_coefficients(v) for key, v in self.guides.items()}
                              if len(self.volumes) > 1 else {})
+
+    def guides_of(self, contrast: str) -> list:
+        """The keys of the guides of ``contrast``: every network volume, and every other
+        contrast's interpolated stacks."""
+        return [key for key in self.guides if key != (contrast,)]
 
     def upsample(self, contrast: str, stacks: Sequence[Stack],
                  heldout: Sequence[Sequence[int]] | None = None,
@@ -149,41 +166,56 @@ class Guides:
         thick = [k for k, s in enumerate(stacks) if stack_profile(s, self.profile) != "none"]
         if len(self.volumes) < 2 or not thick or len(thick) < len(stacks):
             return own, own if final else None  # nothing to guide by, or an isotropic stack measures it all
+        keys = self.guides_of(contrast)
         output = np.zeros(self.grid.shape, np.float64)
         scored = np.zeros(self.grid.shape, np.float64)
         held_any = False
         for k in thick:
             stack = stacks[k]
             axis = stack.through_plane_axis
-            seen = [(resimulate_stack(self.coefficients[c], self.grid, stack, self.profile,
+            seen = [(resimulate_stack(self.coefficients[key], self.grid, stack, self.profile,
                                       self.n_samples, outside="edge", prefiltered=True,
                                       workers=self.workers)
-                     / self.scales[c]).astype(np.float32) for c in self.volumes]
+                     / self.scales[key]).astype(np.float32) for key in keys]
             slopes, offset = local_linear_maps(stack.data, seen, axis)
             maps = [offset, *slopes]
             inner = sorted(int(s) for s in (heldout[k] if heldout is not None else ())
                            if 0 < s < stack.data.shape[axis] - 1)
             if inner:  # each slice's maps are its own, so the others' stay as they are
                 held_any = True
-                scored += self._apply(stack, [fill_from_neighbours(m, axis, inner) for m in maps])
+                scored += self._apply(stack, keys, [fill_from_neighbours(m, axis, inner) for m in maps])
                 if final:
-                    output += self._apply(stack, maps)
+                    output += self._apply(stack, keys, maps)
             else:
-                upsampled = self._apply(stack, maps)
+                upsampled = self._apply(stack, keys, maps)
                 scored += upsampled
                 output += upsampled
         output = (output / len(thick)).astype(np.float32)
         return ((scored / len(thick)).astype(np.float32) if held_any else output), (output if final else None)
 
-    def _apply(self, stack: Stack, maps: Sequence[np.ndarray]) -> np.ndarray:
-        """The offset and slope maps (in ``stack``'s voxels, offset first) interpolated onto the
-        grid and applied to the guides there."""
+    def _apply(self, stack: Stack, keys: Sequence, maps: Sequence[np.ndarray]) -> np.ndarray:
+        """The offset and slope maps (in ``stack``'s voxels, offset first, then one per guide of
+        ``keys``) interpolated onto the grid and applied to the guides there."""
         on_grid: list[np.ndarray | None] = [None] * len(maps)
 
         def resample(i: int) -> None:
             on_grid[i] = resample_to_grid(stack.with_data(maps[i]), self.grid)
         in_threads(resample, range(len(maps)), self.workers)
         up = on_grid[0].astype(np.float64)
-        for a, c in zip(on_grid[1:], self.volumes):
-            up += a * (self.volumes[c] / self.scales[c])
+        for a, key in zip(on_grid[1:], keys):
+            up += a * (self.guides[key] / self.scales[key])
         return up
+
+
+def interpolated_stacks(stacks: Sequence[Stack], grid: Grid, fill: np.ndarray) -> np.ndarray:
+    """One contrast's stacks interpolated onto ``grid`` (cubic B-spline), averaged where
+    several cover a voxel, and ``fill`` (its network volume) outside all of them: a guide
+    for the other contrasts (:class:`Guides`) that holds what the stacks measured at their
+    own resolution, with no edge values streaked beyond their field of view."""
+    total = np.zeros(grid.shape, np.float64)
+    count = np.zeros(grid.shape, np.int16)
+    for stack in stacks:
+        inside = coverage(stack, grid)
+        total += np.where(inside, resample_to_grid(stack, grid, order=3), 0.0)
+        count += inside
+    return np.where(count > 0, total / np.maximum(count, 1), fill).astype(np.float32)

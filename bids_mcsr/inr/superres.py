@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from bids_mcsr.acquisition.backprojection import enforce_consistency
-from bids_mcsr.acquisition.guided import Guides
+from bids_mcsr.acquisition.guided import Guides, interpolated_stacks
 from bids_mcsr.acquisition.holdout import choose_heldout, validate
 from bids_mcsr.acquisition.slice_profile import (
     PROFILES,
@@ -290,16 +290,22 @@ def _to_volumes(pred: np.ndarray, scored_pred: np.ndarray | None, stacks: Sequen
     networks = volumes_of(pred)
     before = networks if scored_pred is None else volumes_of(scored_pred)
 
+    # each contrast's stacks where the fit placed them, in the scale of its first stack
+    placed = {c: [in_scale_of(as_fitted[k], problem.scalers[k], problem.scalers[owned[c][0]])
+                  for k in owned[c]] for c in problem.contrasts}
+    interpolated = ({c: interpolated_stacks(placed[c], problem.grid, networks[c]) for c in problem.contrasts}
+                    if config.guided_upsampling and len(problem.contrasts) > 1 else None)
+
     def guides_of(volumes: dict) -> Guides:
         return Guides(volumes, problem.grid, problem.mask, config.slice_profile, config.profile_samples,
-                      workers=torch.get_num_threads())
+                      workers=torch.get_num_threads(), interpolated=interpolated)
     guides = guides_of(networks) if config.guided_upsampling else None
     scored_guides = guides if guides is None or before is networks else guides_of(before)
     for c in problem.contrasts:
         own = owned[c]
         first = problem.scalers[own[0]]
         span = first.high - first.low
-        scaled = [in_scale_of(as_fitted[k], problem.scalers[k], first) for k in own]
+        scaled = placed[c]
         sigmas = [noise[k] * span / (problem.scalers[k].high - problem.scalers[k].low) for k in own]
         own_masks = [problem.masks[k] for k in own]
         held = [problem.heldout[k] for k in own]

@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bids_mcsr.acquisition.guided import Guides, local_linear_maps
+from bids_mcsr.acquisition.backprojection import coverage
+from bids_mcsr.acquisition.guided import Guides, interpolated_stacks, local_linear_maps
 from bids_mcsr.acquisition.simulate import simulate_stack
 from bids_mcsr.evaluation.phantom import mni_truth
 from bids_mcsr.image.geometry import Grid
 from bids_mcsr.image.io import Stack
-from bids_mcsr.image.metrics import cubic_baseline
+from bids_mcsr.image.metrics import cubic_baseline, resample_to_grid
 
 SLAB_MM = 6.0  # 3 voxels of the 2 mm template
 
@@ -101,3 +102,36 @@ def test_held_out_slices_do_not_enter_the_scored_fit_but_the_final_one(lesion_ca
     assert np.allclose(final, guides.upsample("T2w", [stack])[1], atol=tol)
     only_scored, none = guides.upsample("T2w", [stack], [[k]], final=False)
     assert none is None and np.array_equal(only_scored, scored)
+
+
+def test_another_contrasts_stacks_show_what_the_networks_missed_between_the_slices(lesion_case):
+    """A lesion in both contrasts that both network volumes missed: the T1w's coronal stack,
+    interpolated, sees it along the T2w's axial slice normal at its in-plane resolution, and as
+    a guide it puts the lesion back between the T2w's slices (measured: mean error inside the
+    lesion 0.157 of the truth's maximum without it, 0.069 with it; 0.069 for the T2w's own cubic
+    interpolation of this large, uniform lesion, at 14 mm windows on a 2 mm grid)."""
+    volumes, truth, lesion, grid, stack = lesion_case
+    t1_truth = volumes["T1w"] - 0.3 * volumes["T1w"].max() * lesion
+    coronal = Stack(*simulate_stack(t1_truth, grid.affine, 1, SLAB_MM), "T1w", "sub-01_acq-cor_T1w.nii.gz")
+    interpolated = {"T1w": interpolated_stacks([coronal], grid, volumes["T1w"]),
+                    "T2w": interpolated_stacks([stack], grid, volumes["T2w"])}
+    alone = Guides(volumes, grid, head(volumes), "gaussian").upsample("T2w", [stack])[1]
+    beside = Guides(volumes, grid, head(volumes), "gaussian",
+                    interpolated=interpolated).upsample("T2w", [stack])[1]
+    cubic = cubic_baseline([stack], grid)
+
+    def error(v):
+        return float(np.abs(v - truth)[lesion].mean() / truth.max())
+    assert error(beside) < 0.5 * error(alone)
+    assert error(beside) < 1.05 * error(cubic)
+
+
+def test_interpolated_stacks_keep_the_fill_outside_the_stacks_field_of_view(lesion_case):
+    volumes, _, _, grid, stack = lesion_case
+    half = stack.with_data(stack.data[:, :, : stack.data.shape[2] // 2])
+    fill = np.full(grid.shape, -1.0, np.float32)
+    out = interpolated_stacks([half], grid, fill)
+    inside = coverage(half, grid)
+    assert 0.3 < inside.mean() < 0.7
+    assert np.all(out[~inside] == -1.0)
+    assert np.allclose(out[inside], resample_to_grid(half, grid, order=3)[inside])
