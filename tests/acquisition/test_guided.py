@@ -28,7 +28,7 @@ def test_local_maps_recover_a_linear_relation_between_guides_and_data():
 @pytest.fixture(scope="module")
 def lesion_case():
     """The template's T1w and T2w (2 mm, cropped) with a 20 mm lesion in the T2w only (the maps
-    are fitted in windows of 7 voxels, 14 mm here), its
+    are fitted in windows of 5 voxels, 10 mm here), its
     axial 6 mm stack, and a T2w network volume that missed the lesion (as the split heads do
     between a stack's slices, where they follow the other contrasts)."""
     vols, affine = mni_truth(2)
@@ -51,7 +51,7 @@ def test_what_only_the_contrasts_own_slices_show_is_carried_between_them(lesion_
     assert scored is guided  # nothing held out: one fit
     before = np.abs(volumes["T2w"] - truth)[lesion].mean()
     assert np.abs(guided - truth)[lesion].mean() < 0.5 * before
-    # 14 mm (a window) and more from the lesion, where the network was exact, the maps stay
+    # 14 mm (more than a window) and more from the lesion, where the network was exact, the maps stay
     # closer to it than the stack's own interpolation is (measured 2.3 % and 7.5 % of the truth)
     far = (truth > 0.05 * truth.max()) & (ndimage.distance_transform_edt(~lesion) * 2.0 >= 14.0)
     cubic = cubic_baseline([stack], grid)
@@ -108,8 +108,8 @@ def test_another_contrasts_stacks_show_what_the_networks_missed_between_the_slic
     """A lesion in both contrasts that both network volumes missed: the T1w's coronal stack,
     interpolated, sees it along the T2w's axial slice normal at its in-plane resolution, and as
     a guide it puts the lesion back between the T2w's slices (measured: mean error inside the
-    lesion 0.157 of the truth's maximum without it, 0.069 with it; 0.069 for the T2w's own cubic
-    interpolation of this large, uniform lesion, at 14 mm windows on a 2 mm grid)."""
+    lesion 0.120 of the truth's maximum without it, 0.061 with it, 0.069 for the T2w's own cubic
+    interpolation)."""
     volumes, truth, lesion, grid, stack = lesion_case
     t1_truth = volumes["T1w"] - 0.3 * volumes["T1w"].max() * lesion
     coronal = Stack(*simulate_stack(t1_truth, grid.affine, 1, SLAB_MM), "T1w", "sub-01_acq-cor_T1w.nii.gz")
@@ -122,8 +122,8 @@ def test_another_contrasts_stacks_show_what_the_networks_missed_between_the_slic
 
     def error(v):
         return float(np.abs(v - truth)[lesion].mean() / truth.max())
-    assert error(beside) < 0.5 * error(alone)
-    assert error(beside) < 1.05 * error(cubic)
+    assert error(beside) < 0.6 * error(alone)
+    assert error(beside) < 0.95 * error(cubic)
 
 
 def test_interpolated_stacks_keep_the_fill_outside_the_stacks_field_of_view(lesion_case):
