@@ -12,7 +12,7 @@ decides that from the data instead:
    interpolated onto the grid, through the stack's own acquisition
    (:func:`~bids_mcsr.acquisition.slice_profile.resimulate_stack`): the guides, as the stack
    would have seen them;
-2. on each slice, in windows of :data:`GUIDE_WINDOW` in-plane voxels, fit the acquired
+2. on each slice, in windows of :func:`guide_window` in-plane voxels, fit the acquired
    intensities as a linear combination of the guides plus an offset (ridge term
    :data:`GUIDE_EPS` on guides scaled to their robust spread inside the head), and average
    the coefficients over the same windows;
@@ -44,6 +44,7 @@ from bids_mcsr.acquisition.slice_profile import (
     PROFILE_SAMPLES,
     in_threads,
     resimulate_stack,
+    slice_normal,
     spline_coefficients,
     stack_profile,
 )
@@ -51,10 +52,15 @@ from bids_mcsr.image.geometry import Grid
 from bids_mcsr.image.io import Stack
 from bids_mcsr.image.metrics import resample_to_grid
 
-# in-plane voxels a side of the windows the local maps are fitted in: 5 rather than 7 since the
-# other contrasts' stacks are guides (lesions +0.4 to +1.1 dB, heads -0.04 to -0.17 on the
-# lesion benchmark's whole heads, where it was chosen; docs/evaluation.md)
-GUIDE_WINDOW = 5
+# the windows the local maps are fitted in: the smallest odd side of at least MIN_GUIDE_WINDOW
+# in-plane voxels with VOXELS_PER_COEFFICIENT voxels per fitted coefficient (guides and offset):
+# 5 x 5 for up to five guides (two or three contrasts: lesions +0.3 to +2.2 dB, heads -0.04 to
+# -0.17 against 7 x 7 on the lesion benchmark's whole heads), 7 x 7 beyond (four contrasts, where
+# 5 x 5 cost the heads 0.1-0.3 dB and let a FLAIR-only lesion into the T1w); chosen on those rows
+# (docs/evaluation.md)
+MIN_GUIDE_WINDOW = 5
+VOXELS_PER_COEFFICIENT = 4
+PARALLEL_COS = np.cos(np.radians(45.0))  # stacks whose slice normals are closer than this are parallel
 GUIDE_EPS = 0.01  # ridge term, the guides in units of their robust spread inside the head
 
 
@@ -65,8 +71,20 @@ def robust_spread(values: np.ndarray) -> float:
     return spread if spread > 0 else 1.0
 
 
+def guide_window(n_guides: int) -> int:
+    """The side (in-plane voxels) of the windows the maps of ``n_guides`` guides are fitted in.
+
+    >>> [guide_window(n) for n in (2, 3, 5, 6, 7)]
+    [5, 5, 5, 7, 7]
+    """
+    window = MIN_GUIDE_WINDOW
+    while window * window < VOXELS_PER_COEFFICIENT * (n_guides + 1):
+        window += 2
+    return window
+
+
 def local_linear_maps(data: np.ndarray, guides: Sequence[np.ndarray], axis: int,
-                      window: int = GUIDE_WINDOW,
+                      window: int = MIN_GUIDE_WINDOW,
                       eps: float = GUIDE_EPS) -> tuple[list[np.ndarray], np.ndarray]:
     """Per voxel of a stack, the coefficients of ``data ~ sum_k a_k guides_k + b`` fitted in
     in-plane windows of its slice (``axis`` is the slice normal), averaged over the same
@@ -118,27 +136,38 @@ class Guides:
         The slice-profile model and its quadrature points.
     workers : int
         Threads that re-simulate stacks and interpolate maps (results do not depend on it).
-    interpolated : mapping of str to numpy.ndarray, optional
-        Per contrast, its stacks interpolated onto ``grid`` (:func:`interpolated_stacks`):
-        guides for every other contrast, beside the network volumes.
+    stacks : mapping of str to sequence of Stack, optional
+        Each contrast's stacks, placed where the fit put them: interpolated onto ``grid``
+        (:func:`interpolated_stacks`, the contrast's network volume outside them), guides
+        beside the network volumes for each stack of another contrast that they see from
+        another direction (:meth:`guides_of`).
     """
 
     def __init__(self, volumes: Mapping[str, np.ndarray], grid: Grid, mask: np.ndarray, profile: str,
                  n_samples: int = PROFILE_SAMPLES, workers: int = 1,
-                 interpolated: Mapping[str, np.ndarray] | None = None) -> None:
+                 stacks: Mapping[str, Sequence[Stack]] | None = None) -> None:
         self.volumes, self.grid = dict(volumes), grid
         self.profile, self.n_samples, self.workers = profile, n_samples, workers
+        self.stacks = {c: list(own) for c, own in (stacks or {}).items()} if len(self.volumes) > 1 else {}
         # every guide by key: the networks by contrast, the interpolated stacks by (contrast,)
-        self.guides = {**self.volumes, **{(c,): v for c, v in (interpolated or {}).items()}}
+        self.guides = {**self.volumes, **{(c,): interpolated_stacks(own, grid, self.volumes[c])
+                                          for c, own in self.stacks.items()}}
         inside = np.asarray(mask, bool)
         self.scales = {key: robust_spread(v[inside]) for key, v in self.guides.items()}
         self.coefficients = ({key: spline_coefficients(v) for key, v in self.guides.items()}
                              if len(self.volumes) > 1 else {})
 
-    def guides_of(self, contrast: str) -> list:
-        """The keys of the guides of ``contrast``: every network volume, and every other
-        contrast's interpolated stacks."""
-        return [key for key in self.guides if key != (contrast,)]
+    def guides_of(self, contrast: str, stack: Stack) -> list:
+        """The keys of the guides of ``contrast``'s ``stack``: every network volume, and every
+        other contrast's interpolated stacks where one of them is isotropic or not parallel to
+        ``stack`` (a parallel stack has nothing between this one's slices to show, and on the
+        lesion benchmark a FLAIR-only lesion in an axial FLAIR went into the axial T1w)."""
+        normal = slice_normal(stack)
+
+        def across(other: Stack) -> bool:
+            return other.is_isotropic or abs(float(slice_normal(other) @ normal)) < PARALLEL_COS
+        return [*self.volumes, *[(c,) for c, own in self.stacks.items()
+                                 if c != contrast and any(across(o) for o in own)]]
 
     def upsample(self, contrast: str, stacks: Sequence[Stack],
                  heldout: Sequence[Sequence[int]] | None = None,
@@ -169,18 +198,18 @@ class Guides:
         thick = [k for k, s in enumerate(stacks) if stack_profile(s, self.profile) != "none"]
         if len(self.volumes) < 2 or not thick or len(thick) < len(stacks):
             return own, own if final else None  # nothing to guide by, or an isotropic stack measures it all
-        keys = self.guides_of(contrast)
         output = np.zeros(self.grid.shape, np.float64)
         scored = np.zeros(self.grid.shape, np.float64)
         held_any = False
         for k in thick:
             stack = stacks[k]
             axis = stack.through_plane_axis
+            keys = self.guides_of(contrast, stack)
             seen = [(resimulate_stack(self.coefficients[key], self.grid, stack, self.profile,
                                       self.n_samples, outside="edge", prefiltered=True,
                                       workers=self.workers)
                      / self.scales[key]).astype(np.float32) for key in keys]
-            slopes, offset = local_linear_maps(stack.data, seen, axis)
+            slopes, offset = local_linear_maps(stack.data, seen, axis, guide_window(len(keys)))
             maps = [offset, *slopes]
             inner = sorted(int(s) for s in (heldout[k] if heldout is not None else ())
                            if 0 < s < stack.data.shape[axis] - 1)

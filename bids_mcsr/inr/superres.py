@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from bids_mcsr.acquisition.backprojection import enforce_consistency
-from bids_mcsr.acquisition.guided import Guides, interpolated_stacks
+from bids_mcsr.acquisition.guided import Guides
 from bids_mcsr.acquisition.holdout import choose_heldout, validate
 from bids_mcsr.acquisition.slice_profile import (
     PROFILES,
@@ -293,12 +293,10 @@ def _to_volumes(pred: np.ndarray, scored_pred: np.ndarray | None, stacks: Sequen
     # each contrast's stacks where the fit placed them, in the scale of its first stack
     placed = {c: [in_scale_of(as_fitted[k], problem.scalers[k], problem.scalers[owned[c][0]])
                   for k in owned[c]] for c in problem.contrasts}
-    interpolated = ({c: interpolated_stacks(placed[c], problem.grid, networks[c]) for c in problem.contrasts}
-                    if config.guided_upsampling and len(problem.contrasts) > 1 else None)
 
     def guides_of(volumes: dict) -> Guides:
         return Guides(volumes, problem.grid, problem.mask, config.slice_profile, config.profile_samples,
-                      workers=torch.get_num_threads(), interpolated=interpolated)
+                      workers=torch.get_num_threads(), stacks=placed)
     guides = guides_of(networks) if config.guided_upsampling else None
     scored_guides = guides if guides is None or before is networks else guides_of(before)
     for c in problem.contrasts:

@@ -113,11 +113,12 @@ def test_another_contrasts_stacks_show_what_the_networks_missed_between_the_slic
     volumes, truth, lesion, grid, stack = lesion_case
     t1_truth = volumes["T1w"] - 0.3 * volumes["T1w"].max() * lesion
     coronal = Stack(*simulate_stack(t1_truth, grid.affine, 1, SLAB_MM), "T1w", "sub-01_acq-cor_T1w.nii.gz")
-    interpolated = {"T1w": interpolated_stacks([coronal], grid, volumes["T1w"]),
-                    "T2w": interpolated_stacks([stack], grid, volumes["T2w"])}
     alone = Guides(volumes, grid, head(volumes), "gaussian").upsample("T2w", [stack])[1]
-    beside = Guides(volumes, grid, head(volumes), "gaussian",
-                    interpolated=interpolated).upsample("T2w", [stack])[1]
+    guides = Guides(volumes, grid, head(volumes), "gaussian", stacks={"T1w": [coronal], "T2w": [stack]})
+    assert guides.guides_of("T2w", stack) == ["T1w", "T2w", ("T1w",)]  # never its own stacks
+    beside = guides.upsample("T2w", [stack])[1]
+    parallel = Guides(volumes, grid, head(volumes), "gaussian", stacks={"T1w": [stack.with_data(stack.data)]})
+    assert parallel.guides_of("T2w", stack) == ["T1w", "T2w"]  # nothing between the slices to show
     cubic = cubic_baseline([stack], grid)
 
     def error(v):
