@@ -26,7 +26,7 @@ slices' gap as a smooth interpolation would, instead of the trunk's guess. The o
 contrasts' stacks, interpolated, are guides beside the networks: where a whole head's network
 underfits tissue that only lesions have, they still show it at their own in-plane resolution,
 which is the through-plane direction of an orthogonal stack (on the lesion benchmark's T1w,
-ce-T1w and T2w whole head, +0.4 to +2.8 dB inside the lesions and +0.1 to +0.6 dB in the
+ce-T1w and T2w whole head, +0.3 to +2.8 dB inside the lesions and +0.03 to +0.44 dB in the
 head; docs/evaluation.md). A stack's
 held-out slices are left out of the fit (their maps come from their neighbours), so the
 held-out scores stay a prediction.
@@ -54,7 +54,7 @@ from bids_mcsr.image.metrics import resample_to_grid
 
 # the windows the local maps are fitted in: the smallest odd side of at least MIN_GUIDE_WINDOW
 # in-plane voxels with VOXELS_PER_COEFFICIENT voxels per fitted coefficient (guides and offset):
-# 5 x 5 for up to five guides (two or three contrasts: lesions +0.3 to +2.2 dB, heads -0.04 to
+# 5 x 5 for up to five guides (two or three contrasts: lesions +0.4 to +1.1 dB, heads -0.04 to
 # -0.17 against 7 x 7 on the lesion benchmark's whole heads), 7 x 7 beyond (four contrasts, where
 # 5 x 5 cost the heads 0.1-0.3 dB and let a FLAIR-only lesion into the T1w); chosen on those rows
 # (docs/evaluation.md)
