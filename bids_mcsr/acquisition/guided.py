@@ -119,8 +119,9 @@ def local_linear_maps(data: np.ndarray, guides: Sequence[np.ndarray], axis: int,
 
 
 class Guides:
-    """Every contrast's network volume on the output grid, prepared once for guiding any of
-    them: spline coefficients (for re-simulating stacks) and robust spreads.
+    """Every contrast's network volume, and its stacks interpolated, on the output grid,
+    prepared once for guiding any of them: spline coefficients (for re-simulating stacks) and
+    robust spreads.
 
     Parameters
     ----------
@@ -148,7 +149,14 @@ class Guides:
                  stacks: Mapping[str, Sequence[Stack]] | None = None) -> None:
         self.volumes, self.grid = dict(volumes), grid
         self.profile, self.n_samples, self.workers = profile, n_samples, workers
-        self.stacks = {c: list(own) for c, own in (stacks or {}).items()} if len(self.volumes) > 1 else {}
+        given = {c: list(own) for c, own in (stacks or {}).items()} if len(self.volumes) > 1 else {}
+        # a contrast's stacks are kept only where they would guide a stack of another contrast
+        # (:meth:`guides_of`): two parallel axial stacks need no interpolated guides
+        self.stacks = {}
+        for c, own in given.items():
+            theirs = [s for d, other in given.items() if d != c for s in other]
+            if any(sees_across(o, s) for o in own for s in theirs):
+                self.stacks[c] = own
         # every guide by key: the networks by contrast, the interpolated stacks by (contrast,)
         self.guides = {**self.volumes, **{(c,): interpolated_stacks(own, grid, self.volumes[c])
                                           for c, own in self.stacks.items()}}
@@ -162,12 +170,8 @@ class Guides:
         other contrast's interpolated stacks where one of them is isotropic or not parallel to
         ``stack`` (a parallel stack has nothing between this one's slices to show, and on the
         lesion benchmark a FLAIR-only lesion in an axial FLAIR went into the axial T1w)."""
-        normal = slice_normal(stack)
-
-        def across(other: Stack) -> bool:
-            return other.is_isotropic or abs(float(slice_normal(other) @ normal)) < PARALLEL_COS
         return [*self.volumes, *[(c,) for c, own in self.stacks.items()
-                                 if c != contrast and any(across(o) for o in own)]]
+                                 if c != contrast and any(sees_across(o, stack) for o in own)]]
 
     def upsample(self, contrast: str, stacks: Sequence[Stack],
                  heldout: Sequence[Sequence[int]] | None = None,
@@ -237,6 +241,12 @@ class Guides:
         for a, key in zip(on_grid[1:], keys):
             up += a * (self.guides[key] / self.scales[key])
         return up
+
+
+def sees_across(other: Stack, stack: Stack) -> bool:
+    """Whether ``other`` shows what lies between ``stack``'s slices: it is isotropic, or its
+    slice normal is more than 45 degrees from ``stack``'s (:data:`PARALLEL_COS`)."""
+    return other.is_isotropic or abs(float(slice_normal(other) @ slice_normal(stack))) < PARALLEL_COS
 
 
 def interpolated_stacks(stacks: Sequence[Stack], grid: Grid, fill: np.ndarray) -> np.ndarray:
