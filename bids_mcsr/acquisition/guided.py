@@ -23,7 +23,8 @@ decides that from the data instead:
 Where the contrast follows the others, the maps reproduce the network's own output; where a
 slice shows that it departs from them, the maps carry that departure to the neighbouring
 slices' gap as a smooth interpolation would, instead of the trunk's guess. The other
-contrasts' stacks, interpolated, are guides beside the networks: where a whole head's network
+contrasts' stacks, interpolated, are guides beside the networks (with up to three contrasts,
+:data:`STACK_GUIDES_UP_TO`): where a whole head's network
 underfits tissue that only lesions have, they still show it at their own in-plane resolution,
 which is the through-plane direction of an orthogonal stack (on the lesion benchmark's T1w,
 ce-T1w and T2w whole head, +0.3 to +2.8 dB inside the lesions and +0.03 to +0.44 dB in the
@@ -34,7 +35,7 @@ held-out scores stay a prediction.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 from scipy import ndimage, stats
@@ -52,14 +53,17 @@ from bids_mcsr.image.geometry import Grid
 from bids_mcsr.image.io import Stack
 from bids_mcsr.image.metrics import resample_to_grid
 
-# the windows the local maps are fitted in: the smallest odd side of at least MIN_GUIDE_WINDOW
-# in-plane voxels with VOXELS_PER_COEFFICIENT voxels per fitted coefficient (guides and offset):
-# 5 x 5 for up to five guides (two or three contrasts: lesions +0.4 to +1.1 dB, heads -0.04 to
-# -0.17 against 7 x 7 on the lesion benchmark's whole heads), 7 x 7 beyond (four contrasts, where
-# 5 x 5 cost the heads 0.1-0.3 dB and let a FLAIR-only lesion into the T1w); chosen on those rows
-# (docs/evaluation.md)
-MIN_GUIDE_WINDOW = 5
-VOXELS_PER_COEFFICIENT = 4
+# up to STACK_GUIDES_UP_TO contrasts the other contrasts' stacks guide beside the networks and
+# the maps are fitted in windows of STACK_GUIDED_WINDOW in-plane voxels; with more, the networks
+# alone guide, in windows of NETWORK_GUIDED_WINDOW. Chosen on the lesion benchmark
+# (docs/evaluation.md): on the whole heads of two and three contrasts the stacks in 5 x 5 windows
+# put +0.4 to +2.8 dB into the lesions against the networks in 7 x 7; on the glioma crop (four
+# contrasts) the stacks gained the heads 0.07-0.24 dB but painted a FLAIR-only lesion into the
+# T2w and doubled a 6-stack participant's post-fit steps, and 5 x 5 windows cost the heads up to
+# 0.2 dB, with or without the stacks
+STACK_GUIDES_UP_TO = 3
+STACK_GUIDED_WINDOW = 5
+NETWORK_GUIDED_WINDOW = 7
 PARALLEL_COS = np.cos(np.radians(45.0))  # stacks whose slice normals are closer than this are parallel
 GUIDE_EPS = 0.01  # ridge term, the guides in units of their robust spread inside the head
 
@@ -71,20 +75,18 @@ def robust_spread(values: np.ndarray) -> float:
     return spread if spread > 0 else 1.0
 
 
-def guide_window(n_guides: int) -> int:
-    """The side (in-plane voxels) of the windows the maps of ``n_guides`` guides are fitted in.
+def guide_window(n_contrasts: int) -> int:
+    """The side (in-plane voxels) of the windows the maps are fitted in, with ``n_contrasts``
+    contrasts.
 
-    >>> [guide_window(n) for n in (2, 3, 5, 6, 7)]
-    [5, 5, 5, 7, 7]
+    >>> [guide_window(n) for n in (2, 3, 4, 5)]
+    [5, 5, 7, 7]
     """
-    window = MIN_GUIDE_WINDOW
-    while window * window < VOXELS_PER_COEFFICIENT * (n_guides + 1):
-        window += 2
-    return window
+    return STACK_GUIDED_WINDOW if n_contrasts <= STACK_GUIDES_UP_TO else NETWORK_GUIDED_WINDOW
 
 
 def local_linear_maps(data: np.ndarray, guides: Sequence[np.ndarray], axis: int,
-                      window: int = MIN_GUIDE_WINDOW,
+                      window: int = STACK_GUIDED_WINDOW,
                       eps: float = GUIDE_EPS) -> tuple[list[np.ndarray], np.ndarray]:
     """Per voxel of a stack, the coefficients of ``data ~ sum_k a_k guides_k + b`` fitted in
     in-plane windows of its slice (``axis`` is the slice normal), averaged over the same
@@ -118,6 +120,14 @@ def local_linear_maps(data: np.ndarray, guides: Sequence[np.ndarray], axis: int,
     return [box(slopes[..., i]) for i in range(k)], box(offset)
 
 
+class Prepared(NamedTuple):
+    """A guide on the output grid, ready to be re-simulated and applied."""
+
+    volume: np.ndarray
+    scale: float  # its robust spread inside the fit's foreground, the guide's unit
+    coefficients: np.ndarray | None  # its cubic spline coefficients (None where nothing is guided)
+
+
 class Guides:
     """Every contrast's network volume, and its stacks interpolated, on the output grid,
     prepared once for guiding any of them: spline coefficients (for re-simulating stacks) and
@@ -126,7 +136,8 @@ class Guides:
     Parameters
     ----------
     volumes : mapping of str to numpy.ndarray
-        Each contrast's network volume (each in its own intensity scale).
+        Each contrast's network volume (each in its own intensity scale): the guides of the
+        output.
     grid : Grid
         Their grid, the output grid.
     mask : numpy.ndarray
@@ -141,15 +152,23 @@ class Guides:
         Each contrast's stacks, placed where the fit put them: interpolated onto ``grid``
         (:func:`interpolated_stacks`, the contrast's network volume outside them), guides
         beside the network volumes for each stack of another contrast that they see from
-        another direction (:meth:`guides_of`).
+        another direction (:meth:`guides_of`), with up to :data:`STACK_GUIDES_UP_TO`
+        contrasts.
+    scored_volumes : mapping of str to numpy.ndarray, optional
+        The network volumes the scored version is guided by (the network before the held-out
+        slices joined its training); ``volumes`` when not given. The interpolated stacks
+        guide both versions.
     """
 
     def __init__(self, volumes: Mapping[str, np.ndarray], grid: Grid, mask: np.ndarray, profile: str,
                  n_samples: int = PROFILE_SAMPLES, workers: int = 1,
-                 stacks: Mapping[str, Sequence[Stack]] | None = None) -> None:
+                 stacks: Mapping[str, Sequence[Stack]] | None = None,
+                 scored_volumes: Mapping[str, np.ndarray] | None = None) -> None:
         self.volumes, self.grid = dict(volumes), grid
         self.profile, self.n_samples, self.workers = profile, n_samples, workers
-        given = {c: list(own) for c, own in (stacks or {}).items()} if len(self.volumes) > 1 else {}
+        self.active = len(self.volumes) > 1
+        given = ({c: list(own) for c, own in (stacks or {}).items()}
+                 if self.active and len(self.volumes) <= STACK_GUIDES_UP_TO else {})
         # a contrast's stacks are kept only where they would guide a stack of another contrast
         # (:meth:`guides_of`): two parallel axial stacks need no interpolated guides
         self.stacks = {}
@@ -157,13 +176,20 @@ class Guides:
             theirs = [s for d, other in given.items() if d != c for s in other]
             if any(sees_across(o, s) for o in own for s in theirs):
                 self.stacks[c] = own
-        # every guide by key: the networks by contrast, the interpolated stacks by (contrast,)
-        self.guides = {**self.volumes, **{(c,): interpolated_stacks(own, grid, self.volumes[c])
-                                          for c, own in self.stacks.items()}}
-        inside = np.asarray(mask, bool)
-        self.scales = {key: robust_spread(v[inside]) for key, v in self.guides.items()}
-        self.coefficients = ({key: spline_coefficients(v) for key, v in self.guides.items()}
-                             if len(self.volumes) > 1 else {})
+        self.inside = np.asarray(mask, bool)
+        # every guide by key: the networks by contrast, the interpolated stacks by (contrast,);
+        # the stacks' entries are shared by the output's and the scored version's guides
+        stack_guides = self._prepared({(c,): interpolated_stacks(own, grid, self.volumes[c])
+                                       for c, own in self.stacks.items()})
+        self.final = {**self._prepared(self.volumes), **stack_guides}
+        self.scored = (self.final if scored_volumes is None or scored_volumes is volumes
+                       else {**self._prepared(dict(scored_volumes)), **stack_guides})
+
+    def _prepared(self, guides: Mapping) -> dict[object, Prepared]:
+        """Each guide of ``guides`` (by key) prepared."""
+        return {key: Prepared(v, robust_spread(v[self.inside]),
+                              spline_coefficients(v) if self.active else None)
+                for key, v in guides.items()}
 
     def guides_of(self, contrast: str, stack: Stack) -> list:
         """The keys of the guides of ``contrast``'s ``stack``: every network volume, and every
@@ -174,8 +200,7 @@ class Guides:
                                  if c != contrast and any(sees_across(o, stack) for o in own)]]
 
     def upsample(self, contrast: str, stacks: Sequence[Stack],
-                 heldout: Sequence[Sequence[int]] | None = None,
-                 final: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+                 heldout: Sequence[Sequence[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``contrast``'s volume upsampled by the local linear maps of its thick stacks.
 
         Parameters
@@ -186,60 +211,71 @@ class Guides:
             The contrast's stacks.
         heldout : sequence of sequence of int, optional
             Per stack, slices held out to score the fit.
-        final : bool
-            Whether to make the output too (False: only the version to score, ``final`` None;
-            a stack with held-out slices then is not also upsampled by its own maps).
 
         Returns
         -------
         scored, final : numpy.ndarray
-            The mean of the stacks' upsamplings with the held-out slices' maps taken from
-            their neighbours (to score on them) and with every slice's own (the output); one
-            array when nothing is held out, and the network's own volume where only one
-            contrast is given or the contrast has a (near-)isotropic stack.
+            The mean of the stacks' upsamplings of the scored version's guides with the
+            held-out slices' maps taken from their neighbours (to score on them), and of the
+            output's guides with every slice's own (the output); the network volumes where
+            only one contrast is given or the contrast has a (near-)isotropic stack.
         """
-        own = self.volumes[contrast]
         thick = [k for k, s in enumerate(stacks) if stack_profile(s, self.profile) != "none"]
-        if len(self.volumes) < 2 or not thick or len(thick) < len(stacks):
-            return own, own if final else None  # nothing to guide by, or an isotropic stack measures it all
+        if not self.active or not thick or len(thick) < len(stacks):
+            # nothing to guide by, or an isotropic stack measures it all
+            return self.scored[contrast].volume, self.final[contrast].volume
         output = np.zeros(self.grid.shape, np.float64)
         scored = np.zeros(self.grid.shape, np.float64)
-        held_any = False
+        one_version = self.scored is self.final  # until a stack holds slices out
         for k in thick:
             stack = stacks[k]
             axis = stack.through_plane_axis
             keys = self.guides_of(contrast, stack)
-            seen = [(resimulate_stack(self.coefficients[key], self.grid, stack, self.profile,
-                                      self.n_samples, outside="edge", prefiltered=True,
-                                      workers=self.workers)
-                     / self.scales[key]).astype(np.float32) for key in keys]
-            slopes, offset = local_linear_maps(stack.data, seen, axis, guide_window(len(keys)))
-            maps = [offset, *slopes]
+            # the interpolated stacks are re-simulated once, for both versions
+            shared = {key: self._seen(self.final[key], stack) for key in keys if key not in self.volumes}
+            maps = self._maps(stack, keys, self.final, shared)
+            upsampled = self._apply(stack, [self.final[key] for key in keys], maps)
+            output += upsampled
             inner = sorted(int(s) for s in (heldout[k] if heldout is not None else ())
                            if 0 < s < stack.data.shape[axis] - 1)
-            if inner:  # each slice's maps are its own, so the others' stay as they are
-                held_any = True
-                scored += self._apply(stack, keys, [fill_from_neighbours(m, axis, inner) for m in maps])
-                if final:
-                    output += self._apply(stack, keys, maps)
-            else:
-                upsampled = self._apply(stack, keys, maps)
+            one_version = one_version and not inner
+            if self.scored is self.final and not inner:
                 scored += upsampled
-                output += upsampled
+                continue
+            if self.scored is not self.final:
+                maps = self._maps(stack, keys, self.scored, shared)
+            if inner:  # each slice's maps are its own, so the others' stay as they are
+                maps = [fill_from_neighbours(m, axis, inner) for m in maps]
+            scored += self._apply(stack, [self.scored[key] for key in keys], maps)
         output = (output / len(thick)).astype(np.float32)
-        return ((scored / len(thick)).astype(np.float32) if held_any else output), (output if final else None)
+        return (output if one_version else (scored / len(thick)).astype(np.float32)), output
 
-    def _apply(self, stack: Stack, keys: Sequence, maps: Sequence[np.ndarray]) -> np.ndarray:
+    def _maps(self, stack: Stack, keys: Sequence, guides: Mapping[object, Prepared],
+              shared: Mapping) -> list[np.ndarray]:
+        """The offset and slope maps (offset first, then one per key of ``keys``) of ``stack``
+        by ``guides``, the re-simulated guides of ``shared`` (by key) taken as they are."""
+        seen = [shared[key] if key in shared else self._seen(guides[key], stack) for key in keys]
+        slopes, offset = local_linear_maps(stack.data, seen, stack.through_plane_axis,
+                                           guide_window(len(self.volumes)))
+        return [offset, *slopes]
+
+    def _seen(self, guide: Prepared, stack: Stack) -> np.ndarray:
+        """``guide`` as ``stack`` would have acquired it, in units of its robust spread."""
+        return (resimulate_stack(guide.coefficients, self.grid, stack, self.profile, self.n_samples,
+                                 outside="edge", prefiltered=True, workers=self.workers)
+                / guide.scale).astype(np.float32)
+
+    def _apply(self, stack: Stack, guides: Sequence[Prepared], maps: Sequence[np.ndarray]) -> np.ndarray:
         """The offset and slope maps (in ``stack``'s voxels, offset first, then one per guide of
-        ``keys``) interpolated onto the grid and applied to the guides there."""
+        ``guides``) interpolated onto the grid and applied to the guides there."""
         on_grid: list[np.ndarray | None] = [None] * len(maps)
 
         def resample(i: int) -> None:
             on_grid[i] = resample_to_grid(stack.with_data(maps[i]), self.grid)
         in_threads(resample, range(len(maps)), self.workers)
         up = on_grid[0].astype(np.float64)
-        for a, key in zip(on_grid[1:], keys):
-            up += a * (self.guides[key] / self.scales[key])
+        for a, guide in zip(on_grid[1:], guides):
+            up += a * (guide.volume / guide.scale)
         return up
 
 

@@ -25,9 +25,9 @@ GB = 2**30
 RUNTIME_BYTES = 2**30  # Python, torch, ANTsPy, nipype (455 MB), N4/registration images, torch.compile
 BYTES_PER_SAMPLE = 64  # coordinates, value, contrast, stack, mask, epoch order of one LR voxel
 BYTES_PER_VOXEL = 48  # output-grid masks and their resampling (float64 coordinates)
-BYTES_PER_VOXEL_CONTRAST = 36  # prediction, volume, its float32 copy while writing; the prediction
+BYTES_PER_VOXEL_CONTRAST = 28  # prediction, volume, its float32 copy while writing; the prediction
 # before the held-out slices joined the training and its guide's spline coefficients; its stacks
-# interpolated as a guide and their coefficients, in each of the two guides (float32)
+# interpolated as a guide and their coefficients, shared by the scored and the final guides (float32)
 CONSISTENCY_BYTES_PER_VOXEL = 28  # spline coefficients, correction, coverage, their inputs
 # float64 voxel and sample-point coordinates, per stack voxel of a re-simulation chunk; one
 # chunk per worker thread (6-stack subject: +0.55 GB peak from 2 to 16 threads, 39 MB each)

@@ -294,11 +294,9 @@ def _to_volumes(pred: np.ndarray, scored_pred: np.ndarray | None, stacks: Sequen
     placed = {c: [in_scale_of(as_fitted[k], problem.scalers[k], problem.scalers[owned[c][0]])
                   for k in owned[c]] for c in problem.contrasts}
 
-    def guides_of(volumes: dict) -> Guides:
-        return Guides(volumes, problem.grid, problem.mask, config.slice_profile, config.profile_samples,
-                      workers=torch.get_num_threads(), stacks=placed)
-    guides = guides_of(networks) if config.guided_upsampling else None
-    scored_guides = guides if guides is None or before is networks else guides_of(before)
+    guides = (Guides(networks, problem.grid, problem.mask, config.slice_profile, config.profile_samples,
+                     workers=torch.get_num_threads(), stacks=placed, scored_volumes=before)
+              if config.guided_upsampling else None)
     for c in problem.contrasts:
         own = owned[c]
         first = problem.scalers[own[0]]
@@ -311,11 +309,7 @@ def _to_volumes(pred: np.ndarray, scored_pred: np.ndarray | None, stacks: Sequen
         if config.keep_network_output:
             network_volumes[c] = final
         if guides is not None:  # the held-out slices score maps fitted without them
-            if scored_guides is guides:
-                scored, final = guides.upsample(c, scaled, held)
-            else:
-                scored = scored_guides.upsample(c, scaled, held, final=False)[0]
-                final = guides.upsample(c, scaled)[1]
+            scored, final = guides.upsample(c, scaled, held)
         t0 = time.perf_counter()
         errors, curve = validate(scored, problem.grid, scaled, held,
                                  own_masks, config.slice_profile, config.consistency_iterations,

@@ -5,7 +5,7 @@ import pytest
 from scipy import ndimage
 
 from bids_mcsr.acquisition.backprojection import coverage
-from bids_mcsr.acquisition.guided import Guides, interpolated_stacks, local_linear_maps
+from bids_mcsr.acquisition.guided import STACK_GUIDES_UP_TO, Guides, interpolated_stacks, local_linear_maps
 from bids_mcsr.acquisition.simulate import simulate_stack
 from bids_mcsr.evaluation.phantom import mni_truth
 from bids_mcsr.image.geometry import Grid
@@ -77,8 +77,8 @@ def test_the_guides_unit_is_their_spread_in_the_head_not_the_background(lesion_c
     zeros = Guides(clean, padded, mask, "gaussian")
     assert mask.mean() < 0.1  # a box that is mostly background
     for c in volumes:
-        assert noisy.scales[c] == pytest.approx(zeros.scales[c], rel=1e-3)
-        assert noisy.scales[c] > 0.05 * float(np.percentile(volumes[c][head(volumes)], 99))
+        assert noisy.final[c].scale == pytest.approx(zeros.final[c].scale, rel=1e-3)
+        assert noisy.final[c].scale > 0.05 * float(np.percentile(volumes[c][head(volumes)], 99))
 
 
 def test_one_contrast_alone_is_left_as_it_is(lesion_case):
@@ -100,8 +100,22 @@ def test_held_out_slices_do_not_enter_the_scored_fit_but_the_final_one(lesion_ca
     assert np.allclose(scored, scored_changed, atol=tol)
     assert not np.allclose(final, final_changed, atol=tol)
     assert np.allclose(final, guides.upsample("T2w", [stack])[1], atol=tol)
-    only_scored, none = guides.upsample("T2w", [stack], [[k]], final=False)
-    assert none is None and np.array_equal(only_scored, scored)
+
+
+def test_the_scored_version_follows_its_own_networks_and_the_output_the_final_ones(lesion_case):
+    """The network before the held-out slices joined its training guides the scored version:
+    changing it changes the scored volume only."""
+    volumes, _, _, grid, stack = lesion_case
+    k = stack.data.shape[2] // 2
+    earlier = {c: 0.8 * v for c, v in volumes.items()}
+    earlier["T1w"] = np.roll(volumes["T1w"], 3, axis=0)
+    both = Guides(volumes, grid, head(volumes), "gaussian", scored_volumes=earlier).upsample(
+        "T2w", [stack], [[k]])
+    final_only = Guides(volumes, grid, head(volumes), "gaussian").upsample("T2w", [stack], [[k]])
+    scored_only = Guides(earlier, grid, head(volumes), "gaussian").upsample("T2w", [stack], [[k]])
+    assert np.array_equal(both[1], final_only[1])
+    assert np.array_equal(both[0], scored_only[0])
+    assert not np.allclose(both[0], final_only[0], atol=1e-3 * float(final_only[0].max()))
 
 
 def test_another_contrasts_stacks_show_what_the_networks_missed_between_the_slices(lesion_case):
@@ -119,6 +133,9 @@ def test_another_contrasts_stacks_show_what_the_networks_missed_between_the_slic
     beside = guides.upsample("T2w", [stack])[1]
     parallel = Guides(volumes, grid, head(volumes), "gaussian", stacks={"T1w": [stack.with_data(stack.data)]})
     assert parallel.guides_of("T2w", stack) == ["T1w", "T2w"]  # nothing between the slices to show
+    many = {f"c{i}": volumes["T1w"] for i in range(STACK_GUIDES_UP_TO - 1)}
+    crowded = Guides({**volumes, **many}, grid, head(volumes), "gaussian", stacks={"T1w": [coronal]})
+    assert crowded.guides_of("T2w", stack) == [*volumes, *many]  # beyond three contrasts: the networks
     cubic = cubic_baseline([stack], grid)
 
     def error(v):
