@@ -157,7 +157,7 @@ def test_memory_plan_adapts_batch_and_chunk_to_mem_gb():
     assert 2.25 * resources.GB < free.peak_bytes < 3.0 * resources.GB  # bench_pipeline: 2.28 GB peak
     roomy = resources.plan_memory(need, fast, 5, mem_gb=16)
     assert roomy.batch_size == 8192 and roomy.fits and roomy.peak_bytes <= 16 * resources.GB
-    tight = resources.plan_memory(need, fast, 5, mem_gb=2.5)  # the floor: 2.37 GB (2 guides a contrast)
+    tight = resources.plan_memory(need, fast, 5, mem_gb=2.5)  # the floor: 2.24 GB
     assert 256 <= tight.batch_size < 8192 and tight.fits and tight.peak_bytes <= 2.5 * resources.GB
     assert 4096 <= tight.chunk < 262144
     assert not resources.plan_memory(need, fast, 5, mem_gb=1.0).fits
