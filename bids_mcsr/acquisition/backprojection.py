@@ -29,6 +29,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from scipy import ndimage
 
+from bids_mcsr.acquisition.region import stack_voxels_near
 from bids_mcsr.acquisition.slice_profile import (
     PROFILE_SAMPLES,
     in_threads,
@@ -128,7 +129,8 @@ def enforce_consistency(volume: np.ndarray, grid: Grid, stacks: Sequence[Stack],
 def consistency_rounds(volume: np.ndarray, grid: Grid, stacks: Sequence[Stack], profile: str,
                        iterations: int, n_samples: int = PROFILE_SAMPLES,
                        heldout: Sequence[Sequence[int]] | None = None,
-                       noise: Sequence[float] | None = None, workers: int = 1) -> Iterator[np.ndarray]:
+                       noise: Sequence[float] | None = None, workers: int = 1,
+                       region: np.ndarray | None = None) -> Iterator[np.ndarray]:
     """Back-project the residuals of ``stacks`` into ``volume``, round after round.
 
     Parameters
@@ -152,12 +154,18 @@ def consistency_rounds(volume: np.ndarray, grid: Grid, stacks: Sequence[Stack], 
         :func:`residual_gain` (None: every residual whole, classic back-projection).
     workers
         Threads of the re-simulation and back-projection (the result does not depend on it).
+    region
+        Grid voxels the rounds may change (boolean, ``grid``'s shape;
+        :func:`~bids_mcsr.acquisition.region.post_fit_region`): each stack's residual is
+        taken on its voxels near it only (:func:`~bids_mcsr.acquisition.region.stack_voxels_near`).
+        None: the whole grid.
 
     Yields
     ------
     numpy.ndarray
         The volume (float32) before the first round, then after each round (one array,
-        updated in place: copy what must be kept); voxels no stack covers are unchanged.
+        updated in place: copy what must be kept); voxels no stack covers, or outside
+        ``region``, are unchanged.
     """
     out = np.asarray(volume, np.float32).copy()
     yield out
@@ -169,14 +177,21 @@ def consistency_rounds(volume: np.ndarray, grid: Grid, stacks: Sequence[Stack], 
         return
     covered = [coverage(stacks[k], grid) for k in usable]
     n_covering = np.maximum(np.sum(covered, axis=0, dtype=np.float32), 1.0)
+    if region is not None:
+        covered = [inside & region for inside in covered]
+    near = [None if region is None else stack_voxels_near(region, grid, stacks[k]) for k in usable]
     for _ in range(iterations):
         coeffs = spline_coefficients(out)  # once for every stack of the round
         correction = np.zeros(grid.shape, np.float32)
-        for k, inside in zip(usable, covered):
+        for k, inside, voxels in zip(usable, covered, near):
             stack = stacks[k]
             predicted = resimulate_stack(coeffs, grid, stack, stack_profile(stack, profile), n_samples,
-                                         outside="edge", prefiltered=True, workers=workers)
-            residual = fill_from_neighbours(stack.data - predicted, stack.through_plane_axis, held[k])
+                                         outside="edge", prefiltered=True, workers=workers,
+                                         voxels=voxels)
+            residual = stack.data - predicted
+            if voxels is not None:
+                residual[~voxels] = 0.0
+            residual = fill_from_neighbours(residual, stack.through_plane_axis, held[k])
             residual *= residual_gain(residual, stack.through_plane_axis, sigmas[k])
             values = back_project(residual, stack, grid, workers)
             values[~inside] = 0.0

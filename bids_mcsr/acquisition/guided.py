@@ -18,7 +18,8 @@ decides that from the data instead:
    the coefficients over the same windows;
 3. interpolate the coefficient maps onto the output grid (cubic B-spline: linear
    interpolation put the ce-T1w's lesions of the lesion benchmark 0.8 dB lower) and apply
-   them to the network volumes there.
+   them to the network volumes there, in the post-fit region
+   (:func:`~bids_mcsr.acquisition.region.post_fit_region`; the network volume outside it).
 
 Where the contrast follows the others, the maps reproduce the network's own output; where a
 slice shows that it departs from them, the maps carry that departure to the neighbouring
@@ -41,6 +42,7 @@ import numpy as np
 from scipy import ndimage, stats
 
 from bids_mcsr.acquisition.backprojection import coverage, fill_from_neighbours
+from bids_mcsr.acquisition.region import stack_voxels_near
 from bids_mcsr.acquisition.slice_profile import (
     PROFILE_SAMPLES,
     in_threads,
@@ -87,11 +89,13 @@ def guide_window(n_contrasts: int) -> int:
 
 def local_linear_maps(data: np.ndarray, guides: Sequence[np.ndarray], axis: int,
                       window: int = STACK_GUIDED_WINDOW,
-                      eps: float = GUIDE_EPS) -> tuple[list[np.ndarray], np.ndarray]:
+                      eps: float = GUIDE_EPS, where: np.ndarray | None = None
+                      ) -> tuple[list[np.ndarray], np.ndarray]:
     """Per voxel of a stack, the coefficients of ``data ~ sum_k a_k guides_k + b`` fitted in
     in-plane windows of its slice (``axis`` is the slice normal), averaged over the same
     windows. Each slice's maps depend on that slice alone, and they scale with ``data``
-    (the ridge acts on the guides only).
+    (the ridge acts on the guides only). ``where`` (boolean, the stack's shape): the slopes
+    are fitted on those voxels only, 0 elsewhere, before the averaging.
 
     Returns
     -------
@@ -109,13 +113,15 @@ def local_linear_maps(data: np.ndarray, guides: Sequence[np.ndarray], axis: int,
     k = len(guides)
     means = [box(g) for g in guides]
     mean_y = box(data)
-    cov = np.empty(data.shape + (k, k), np.float32)
+    fitted = np.ones(data.shape, bool) if where is None else np.asarray(where, bool)
+    cov = np.empty((int(fitted.sum()), k, k), np.float32)
     for i in range(k):
         for j in range(i, k):
-            cov[..., i, j] = cov[..., j, i] = box(guides[i] * guides[j]) - means[i] * means[j]
+            cov[:, i, j] = cov[:, j, i] = (box(guides[i] * guides[j]) - means[i] * means[j])[fitted]
     cov += eps * np.eye(k)
-    cross = np.stack([box(g * data) - m * mean_y for g, m in zip(guides, means)], -1)
-    slopes = np.linalg.solve(cov, cross[..., None])[..., 0]
+    cross = np.stack([(box(g * data) - m * mean_y)[fitted] for g, m in zip(guides, means)], -1)
+    slopes = np.zeros(data.shape + (k,), np.float32)
+    slopes[fitted] = np.linalg.solve(cov, cross[..., None])[..., 0]
     offset = mean_y - np.einsum("...k,k...->...", slopes, np.stack(means))
     return [box(slopes[..., i]) for i in range(k)], box(offset)
 
@@ -148,6 +154,11 @@ class Guides:
         The slice-profile model and its quadrature points.
     workers : int
         Threads that re-simulate stacks and interpolate maps (results do not depend on it).
+    region : numpy.ndarray, optional
+        The grid voxels that are guided (boolean, ``grid``'s shape;
+        :func:`~bids_mcsr.acquisition.region.post_fit_region`): the stacks are re-simulated
+        near them only (:func:`~bids_mcsr.acquisition.region.stack_voxels_near`) and the
+        output is the network volume elsewhere. None: the whole grid.
     stacks : mapping of str to sequence of Stack, optional
         Each contrast's stacks, placed where the fit put them: interpolated onto ``grid``
         (:func:`interpolated_stacks`, the contrast's network volume outside them), guides
@@ -161,7 +172,7 @@ class Guides:
     """
 
     def __init__(self, volumes: Mapping[str, np.ndarray], grid: Grid, mask: np.ndarray, profile: str,
-                 n_samples: int = PROFILE_SAMPLES, workers: int = 1,
+                 n_samples: int = PROFILE_SAMPLES, workers: int = 1, region: np.ndarray | None = None,
                  stacks: Mapping[str, Sequence[Stack]] | None = None,
                  scored_volumes: Mapping[str, np.ndarray] | None = None) -> None:
         self.volumes, self.grid = dict(volumes), grid
@@ -177,6 +188,9 @@ class Guides:
             if any(sees_across(o, s) for o in own for s in theirs):
                 self.stacks[c] = own
         self.inside = np.asarray(mask, bool)
+        self.region = region
+        self.guided = (np.flatnonzero(region) if region is not None  # flat indices of the guided voxels
+                       else np.arange(grid.n_voxels))
         # every guide by key: the networks by contrast, the interpolated stacks by (contrast,);
         # the stacks' entries are shared by the output's and the scored version's guides
         stack_guides = self._prepared({(c,): interpolated_stacks(own, grid, self.volumes[c])
@@ -217,23 +231,26 @@ class Guides:
         scored, final : numpy.ndarray
             The mean of the stacks' upsamplings of the scored version's guides with the
             held-out slices' maps taken from their neighbours (to score on them), and of the
-            output's guides with every slice's own (the output); the network volumes where
-            only one contrast is given or the contrast has a (near-)isotropic stack.
+            output's guides with every slice's own (the output), in the region (the
+            network volumes outside it); the network volumes where only one contrast is given
+            or the contrast has a (near-)isotropic stack.
         """
         thick = [k for k, s in enumerate(stacks) if stack_profile(s, self.profile) != "none"]
         if not self.active or not thick or len(thick) < len(stacks):
             # nothing to guide by, or an isotropic stack measures it all
             return self.scored[contrast].volume, self.final[contrast].volume
-        output = np.zeros(self.grid.shape, np.float64)
-        scored = np.zeros(self.grid.shape, np.float64)
+        output = np.zeros(self.guided.size, np.float64)
+        scored = np.zeros(self.guided.size, np.float64)
         one_version = self.scored is self.final  # until a stack holds slices out
         for k in thick:
             stack = stacks[k]
             axis = stack.through_plane_axis
             keys = self.guides_of(contrast, stack)
+            near = None if self.region is None else stack_voxels_near(self.region, self.grid, stack)
             # the interpolated stacks are re-simulated once, for both versions
-            shared = {key: self._seen(self.final[key], stack) for key in keys if key not in self.volumes}
-            maps = self._maps(stack, keys, self.final, shared)
+            shared = {key: self._seen(self.final[key], stack, near)
+                      for key in keys if key not in self.volumes}
+            maps = self._maps(stack, keys, self.final, shared, near)
             upsampled = self._apply(stack, [self.final[key] for key in keys], maps)
             output += upsampled
             inner = sorted(int(s) for s in (heldout[k] if heldout is not None else ())
@@ -243,39 +260,53 @@ class Guides:
                 scored += upsampled
                 continue
             if self.scored is not self.final:
-                maps = self._maps(stack, keys, self.scored, shared)
+                maps = self._maps(stack, keys, self.scored, shared, near)
             if inner:  # each slice's maps are its own, so the others' stay as they are
                 maps = [fill_from_neighbours(m, axis, inner) for m in maps]
             scored += self._apply(stack, [self.scored[key] for key in keys], maps)
-        output = (output / len(thick)).astype(np.float32)
-        return (output if one_version else (scored / len(thick)).astype(np.float32)), output
+        output = self._filled(self.final[contrast].volume, output / len(thick))
+        return (output if one_version else self._filled(self.scored[contrast].volume,
+                                                        scored / len(thick))), output
+
+    def _filled(self, volume: np.ndarray, guided: np.ndarray) -> np.ndarray:
+        """``volume`` (float32) with the guided voxels' values ``guided``."""
+        out = np.array(volume, np.float32)
+        out.reshape(-1)[self.guided] = guided
+        return out
 
     def _maps(self, stack: Stack, keys: Sequence, guides: Mapping[object, Prepared],
-              shared: Mapping) -> list[np.ndarray]:
+              shared: Mapping, near: np.ndarray | None) -> list[np.ndarray]:
         """The offset and slope maps (offset first, then one per key of ``keys``) of ``stack``
-        by ``guides``, the re-simulated guides of ``shared`` (by key) taken as they are."""
-        seen = [shared[key] if key in shared else self._seen(guides[key], stack) for key in keys]
+        by ``guides`` seen on its voxels ``near`` the region, the re-simulated guides of
+        ``shared`` (by key) taken as they are."""
+        seen = [shared[key] if key in shared else self._seen(guides[key], stack, near) for key in keys]
         slopes, offset = local_linear_maps(stack.data, seen, stack.through_plane_axis,
-                                           guide_window(len(self.volumes)))
+                                           guide_window(len(self.volumes)), where=near)
         return [offset, *slopes]
 
-    def _seen(self, guide: Prepared, stack: Stack) -> np.ndarray:
-        """``guide`` as ``stack`` would have acquired it, in units of its robust spread."""
+    def _seen(self, guide: Prepared, stack: Stack, near: np.ndarray | None) -> np.ndarray:
+        """``guide`` as ``stack`` would have acquired it on its voxels ``near`` the region (0
+        elsewhere), in units of its robust spread."""
         return (resimulate_stack(guide.coefficients, self.grid, stack, self.profile, self.n_samples,
-                                 outside="edge", prefiltered=True, workers=self.workers)
+                                 outside="edge", prefiltered=True, workers=self.workers, voxels=near)
                 / guide.scale).astype(np.float32)
 
     def _apply(self, stack: Stack, guides: Sequence[Prepared], maps: Sequence[np.ndarray]) -> np.ndarray:
         """The offset and slope maps (in ``stack``'s voxels, offset first, then one per guide of
-        ``guides``) interpolated onto the grid and applied to the guides there."""
-        on_grid: list[np.ndarray | None] = [None] * len(maps)
+        ``guides``) interpolated (cubic B-spline, edge values outside the stack) onto the
+        guided voxels and applied to the guides there, in the order of ``self.guided``."""
+        to_stack = np.linalg.inv(stack.affine) @ self.grid.affine
+        points = np.stack(np.unravel_index(self.guided, self.grid.shape)).astype(np.float64)
+        points = to_stack[:3, :3] @ points + to_stack[:3, 3:]
+        at: list[np.ndarray | None] = [None] * len(maps)
 
-        def resample(i: int) -> None:
-            on_grid[i] = resample_to_grid(stack.with_data(maps[i]), self.grid)
-        in_threads(resample, range(len(maps)), self.workers)
-        up = on_grid[0].astype(np.float64)
-        for a, guide in zip(on_grid[1:], guides):
-            up += a * (guide.volume / guide.scale)
+        def interpolate(i: int) -> None:
+            at[i] = ndimage.map_coordinates(np.asarray(maps[i], np.float64), points, order=3,
+                                            mode="nearest").astype(np.float32)
+        in_threads(interpolate, range(len(maps)), self.workers)
+        up = at[0].astype(np.float64)
+        for a, guide in zip(at[1:], guides):
+            up += a * (guide.volume.reshape(-1)[self.guided] / guide.scale)
         return up
 
 

@@ -131,12 +131,14 @@ def pooled_psnr(errors: Sequence[dict], key: str, data_range: float) -> float | 
 def validate(volume: np.ndarray, grid: Grid, stacks: Sequence[Stack],
              heldout: Sequence[Sequence[int]], masks: Sequence[np.ndarray], profile: str,
              rounds: int, n_samples: int = PROFILE_SAMPLES,
-             noise: Sequence[float] | None = None, workers: int = 1) -> tuple[list[dict], list[float]]:
+             noise: Sequence[float] | None = None, workers: int = 1,
+             region: np.ndarray | None = None) -> tuple[list[dict], list[float]]:
     """Score a contrast's fit on its stacks' held-out slices.
 
     The network's ``volume`` goes through ``rounds`` of back-projection that leave the
     held-out slices out, as the output's own rounds would with every slice (``noise`` and
-    ``workers`` as in :func:`~bids_mcsr.acquisition.backprojection.consistency_rounds`).
+    ``workers`` and ``region`` as in
+    :func:`~bids_mcsr.acquisition.backprojection.consistency_rounds`).
 
     Returns
     -------
@@ -149,7 +151,8 @@ def validate(volume: np.ndarray, grid: Grid, stacks: Sequence[Stack],
     if not any(len(h) for h in heldout):
         return errors, curve  # nothing to score: the output's own rounds are the only ones
     for current in consistency_rounds(volume, grid, stacks, profile, rounds, n_samples,
-                                      heldout=heldout, noise=noise, workers=workers):
+                                      heldout=heldout, noise=noise, workers=workers,
+                                      region=region):
         coeffs = spline_coefficients(current)
         errors = [heldout_errors(coeffs, grid, s, h, m, profile, n_samples)
                   for s, h, m in zip(stacks, heldout, masks)]

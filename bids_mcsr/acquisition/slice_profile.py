@@ -128,7 +128,8 @@ def spline_coefficients(volume: np.ndarray) -> np.ndarray:
 
 def resimulate_stack(volume: np.ndarray, grid: Grid, stack: Stack, profile: str,
                      n_samples: int = PROFILE_SAMPLES, outside: str = "zero",
-                     prefiltered: bool = False, workers: int = 1) -> np.ndarray:
+                     prefiltered: bool = False, workers: int = 1,
+                     voxels: np.ndarray | None = None) -> np.ndarray:
     """Predict an acquired stack from a volume on ``grid`` (data-consistency check).
 
     Each voxel of ``stack`` is the profile-weighted mean of the volume, cubic-spline
@@ -137,7 +138,8 @@ def resimulate_stack(volume: np.ndarray, grid: Grid, stack: Stack, profile: str,
     stack in chunks of :data:`RESIMULATE_CHUNK` voxels, ``workers`` chunks at a time (threads:
     SciPy's interpolation releases the GIL; the result does not depend on ``workers``).
     ``prefiltered``: ``volume`` holds :func:`spline_coefficients` already (re-simulating
-    several stacks from one volume).
+    several stacks from one volume). ``voxels`` (boolean, the stack's shape): only those are
+    predicted, the others read 0 (:func:`~bids_mcsr.acquisition.region.stack_voxels_near`).
     """
     offsets, weights = profile_offsets(profile, slab_fwhm(stack, profile), n_samples)
     normal = slice_normal(stack)
@@ -146,16 +148,17 @@ def resimulate_stack(volume: np.ndarray, grid: Grid, stack: Stack, profile: str,
     step = np.linalg.inv(grid.affine[:3, :3]) @ normal  # 1 mm along the normal, in grid voxels
     mode = "constant" if outside == "zero" else "nearest"
     out = np.zeros(stack.data.size)
+    wanted = np.arange(stack.data.size) if voxels is None else np.flatnonzero(voxels)
 
     def chunk(start: int) -> None:
-        stop = min(start + RESIMULATE_CHUNK, stack.data.size)
-        idx = np.stack(np.unravel_index(np.arange(start, stop), stack.data.shape)).astype(np.float64)
+        flat = wanted[start:start + RESIMULATE_CHUNK]
+        idx = np.stack(np.unravel_index(flat, stack.data.shape)).astype(np.float64)
         gidx = stack_to_grid[:3, :3] @ idx + stack_to_grid[:3, 3:4]
         for off, w in zip(offsets, weights):
-            out[start:stop] += w * ndimage.map_coordinates(coeffs, gidx + (off * step)[:, None],
-                                                           order=3, prefilter=False, mode=mode)
+            out[flat] += w * ndimage.map_coordinates(coeffs, gidx + (off * step)[:, None],
+                                                     order=3, prefilter=False, mode=mode)
 
-    in_threads(chunk, range(0, stack.data.size, RESIMULATE_CHUNK), workers)
+    in_threads(chunk, range(0, wanted.size, RESIMULATE_CHUNK), workers)
     return out.reshape(stack.data.shape).astype(np.float32)
 
 

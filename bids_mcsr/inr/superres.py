@@ -13,6 +13,7 @@ import torch
 from bids_mcsr.acquisition.backprojection import enforce_consistency
 from bids_mcsr.acquisition.guided import Guides
 from bids_mcsr.acquisition.holdout import choose_heldout, validate
+from bids_mcsr.acquisition.region import post_fit_region, region_margin_mm
 from bids_mcsr.acquisition.slice_profile import (
     PROFILES,
     header_declares_gap,
@@ -294,8 +295,11 @@ def _to_volumes(pred: np.ndarray, scored_pred: np.ndarray | None, stacks: Sequen
     placed = {c: [in_scale_of(as_fitted[k], problem.scalers[k], problem.scalers[owned[c][0]])
                   for k in owned[c]] for c in problem.contrasts}
 
+    # the network's output outside it
+    region = post_fit_region(problem.mask, problem.grid, region_margin_mm(stacks, problem.grid))
     guides = (Guides(networks, problem.grid, problem.mask, config.slice_profile, config.profile_samples,
-                     workers=torch.get_num_threads(), stacks=placed, scored_volumes=before)
+                     workers=torch.get_num_threads(), region=region, stacks=placed,
+                     scored_volumes=before)
               if config.guided_upsampling else None)
     for c in problem.contrasts:
         own = owned[c]
@@ -313,13 +317,13 @@ def _to_volumes(pred: np.ndarray, scored_pred: np.ndarray | None, stacks: Sequen
         t0 = time.perf_counter()
         errors, curve = validate(scored, problem.grid, scaled, held,
                                  own_masks, config.slice_profile, config.consistency_iterations,
-                                 config.profile_samples, sigmas, torch.get_num_threads())
+                                 config.profile_samples, sigmas, torch.get_num_threads(), region)
         scoring_s += time.perf_counter() - t0
         validation[c] = heldout_summary(errors, span, config.consistency_iterations, curve)
         validation[c]["stacks"] = [heldout_summary([e], span) for e in errors]  # in stack order
         volumes[c] = enforce_consistency(final, problem.grid, scaled, config.slice_profile,
                                          config.consistency_iterations, config.profile_samples,
-                                         noise=sigmas, workers=torch.get_num_threads())
+                                         noise=sigmas, workers=torch.get_num_threads(), region=region)
         log.info("%s: held-out slices %s", c, describe_gain(validation[c]))
     return volumes, validation, network_volumes, scoring_s
 
