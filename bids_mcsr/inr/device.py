@@ -39,7 +39,9 @@ def reproducible(device: torch.device) -> Iterator[None]:
     kernels (``torch.use_deterministic_algorithms``, warning, not failing, where an
     operation has none) and cuBLAS its reproducible workspace (``CUBLAS_WORKSPACE_CONFIG``,
     left as it is when already set). The previous setting is restored on exit. CPU fits are
-    deterministic already and run unchanged.
+    deterministic already (the hash grid's lookup is an operator of its own that
+    ``torch.compile`` leaves as it is, :func:`~bids_mcsr.inr.encoding.weighted_lookup`) and
+    run unchanged.
 
     Parameters
     ----------
