@@ -295,7 +295,7 @@ def _to_volumes(pred: np.ndarray, scored_pred: np.ndarray | None, stacks: Sequen
     placed = {c: [in_scale_of(as_fitted[k], problem.scalers[k], problem.scalers[owned[c][0]])
                   for k in owned[c]] for c in problem.contrasts}
 
-    # the network's output outside it
+    # the post-fit steps work around the head; outside it the output is the network's
     region = post_fit_region(problem.mask, problem.grid, region_margin_mm(stacks, problem.grid))
     guides = (Guides(networks, problem.grid, problem.mask, config.slice_profile, config.profile_samples,
                      workers=torch.get_num_threads(), region=region, stacks=placed,
