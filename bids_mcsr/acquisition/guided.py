@@ -53,7 +53,7 @@ from bids_mcsr.acquisition.slice_profile import (
 )
 from bids_mcsr.image.geometry import Grid
 from bids_mcsr.image.io import Stack
-from bids_mcsr.image.metrics import resample_to_grid
+from bids_mcsr.image.metrics import resample_at, resample_to_grid
 
 # up to STACK_GUIDES_UP_TO contrasts the other contrasts' stacks guide beside the networks and
 # the maps are fitted in windows of STACK_GUIDED_WINDOW in-plane voxels; with more, the networks
@@ -295,14 +295,11 @@ class Guides:
         """The offset and slope maps (in ``stack``'s voxels, offset first, then one per guide of
         ``guides``) interpolated (cubic B-spline, edge values outside the stack) onto the
         guided voxels and applied to the guides there, in the order of ``self.guided``."""
-        to_stack = np.linalg.inv(stack.affine) @ self.grid.affine
-        points = np.stack(np.unravel_index(self.guided, self.grid.shape)).astype(np.float64)
-        points = to_stack[:3, :3] @ points + to_stack[:3, 3:]
+        ijk = np.stack(np.unravel_index(self.guided, self.grid.shape))
         at: list[np.ndarray | None] = [None] * len(maps)
 
         def interpolate(i: int) -> None:
-            at[i] = ndimage.map_coordinates(np.asarray(maps[i], np.float64), points, order=3,
-                                            mode="nearest").astype(np.float32)
+            at[i] = resample_at(stack.with_data(maps[i]), self.grid, ijk)
         in_threads(interpolate, range(len(maps)), self.workers)
         up = at[0].astype(np.float64)
         for a, guide in zip(at[1:], guides):

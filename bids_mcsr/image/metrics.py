@@ -61,19 +61,24 @@ def resample_to_grid(stack: Stack, grid: Grid, order: int = 3) -> np.ndarray:
                                     ).astype(np.float32)
 
 
+def resample_at(stack: Stack, grid: Grid, ijk: np.ndarray, order: int = 3) -> np.ndarray:
+    """:func:`resample_to_grid` at the grid voxels ``ijk`` (indices, shape ``(3, N)``) only:
+    ``resample_to_grid(stack, grid, order)[tuple(ijk)]``, at a fraction of the cost."""
+    vox = _grid_to_stack(stack, grid)
+    return ndimage.map_coordinates(stack.data.astype(np.float64), vox[:3, :3] @ ijk + vox[:3, 3:],
+                                   order=order, mode="nearest").astype(np.float32)
+
+
 def resample_planes(stack: Stack, grid: Grid, point: Sequence[int], order: int = 3) -> list[np.ndarray]:
     """:func:`resample_to_grid` of the three grid planes through voxel ``point`` only: plane
     ``a`` is ``resample_to_grid(stack, grid, order)`` indexed at ``point[a]`` along axis
     ``a``, at a fraction of the cost (a report's figures need three planes, not the grid)."""
-    vox = _grid_to_stack(stack, grid)
-    data = stack.data.astype(np.float64)
     planes = []
     for axis in range(3):
         ranges = [np.arange(n) if a != axis else np.array([point[a]]) for a, n in enumerate(grid.shape)]
         ijk = np.stack([i.ravel() for i in np.meshgrid(*ranges, indexing="ij")])
-        values = ndimage.map_coordinates(data, vox[:3, :3] @ ijk + vox[:3, 3:], order=order,
-                                         mode="nearest")
-        planes.append(values.reshape([len(r) for r in ranges]).squeeze(axis).astype(np.float32))
+        values = resample_at(stack, grid, ijk, order)
+        planes.append(values.reshape([len(r) for r in ranges]).squeeze(axis))
     return planes
 
 
